@@ -1,0 +1,300 @@
+//! `kvctl`, the kvcluster command line (DESIGN.md section 5a).
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use kvclient::{Client, Error, ReadOptions, ReadResult, WriteOptions};
+
+/// Exit code: the key is absent or deleted.
+const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code: bad arguments or local input/output, or the node answered with an error.
+const EXIT_REFUSED: u8 = 2;
+/// Exit code: the node could not be reached, timed out, or broke the wire contract.
+const EXIT_UNREACHABLE: u8 = 3;
+
+const AFTER_HELP: &str = "\
+Keys and values are opaque bytes, taken from the arguments as given (on Unix they need not be UTF-8).
+
+Exit codes:
+  0  success
+  1  the key is absent or deleted (get)
+  2  bad arguments or local I/O error, or the node answered with an error (printed as `error: STATUS CODE: MESSAGE`)
+  3  the node could not be reached, timed out, or sent an answer that breaks the protocol";
+
+/// Command line for kvcluster, a Dynamo-style replicated key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "kvctl", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Base URL of any node of the cluster (plain http; a bare HOST:PORT means http://HOST:PORT).
+    #[arg(
+        long,
+        global = true,
+        env = "KVCTL_ENDPOINT",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    endpoint: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands. `up`, `ring`, `status`, `cluster` and `bench` (DESIGN.md section 5a) will join them.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a key
+    ///
+    /// One live value is written to stdout as raw bytes, with `context: TOKEN` on stderr. Several
+    /// concurrent values (siblings) are listed on stdout as `sibling N: VALUE` lines (lossy UTF-8) followed
+    /// by `context: TOKEN`: write the resolved value back with `put --context TOKEN`. An absent or deleted
+    /// key prints `not found` (and the context of a deleted key) on stderr and exits with 1.
+    Get(GetArgs),
+    /// Write a value
+    ///
+    /// Prints the key's new causal context on stdout.
+    Put(PutArgs),
+    /// Delete a key
+    ///
+    /// Writes a tombstone; prints nothing on success.
+    Delete(DeleteArgs),
+}
+
+/// Arguments of `kvctl get`.
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// The key.
+    #[arg(value_name = "KEY")]
+    key: OsString,
+
+    /// Read quorum for this request: how many replicas must answer (1..=N); the cluster default when absent.
+    #[arg(long, env = "KVCTL_R", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    r: Option<u32>,
+
+    /// Deadline of this request in milliseconds; the node default when absent.
+    #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: Option<u64>,
+}
+
+/// Arguments of `kvctl put`.
+#[derive(Debug, Args)]
+struct PutArgs {
+    /// The key.
+    #[arg(value_name = "KEY")]
+    key: OsString,
+
+    /// The value; `-` reads it from stdin.
+    #[arg(value_name = "VALUE")]
+    value: OsString,
+
+    /// Causal context from an earlier get or put of this key: the write supersedes the values it has seen.
+    /// Without it the write is concurrent with every stored value (they become siblings).
+    #[arg(long, env = "KVCTL_CONTEXT", value_name = "TOKEN")]
+    context: Option<String>,
+
+    /// Write quorum for this request: how many replicas must acknowledge (1..=N); the cluster default when
+    /// absent.
+    #[arg(long, env = "KVCTL_W", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    w: Option<u32>,
+
+    /// Deadline of this request in milliseconds; the node default when absent.
+    #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: Option<u64>,
+}
+
+/// Arguments of `kvctl delete`.
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    /// The key.
+    #[arg(value_name = "KEY")]
+    key: OsString,
+
+    /// Causal context from an earlier get or put of this key: the delete supersedes the values it has seen.
+    /// Without it the tombstone is concurrent with every stored value.
+    #[arg(long, env = "KVCTL_CONTEXT", value_name = "TOKEN")]
+    context: Option<String>,
+
+    /// Write quorum for this request: how many replicas must acknowledge (1..=N); the cluster default when
+    /// absent.
+    #[arg(long, env = "KVCTL_W", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    w: Option<u32>,
+
+    /// Deadline of this request in milliseconds; the node default when absent.
+    #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            stderr_line(&format!("error: cannot start the async runtime: {e}"));
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+/// Runs one command and returns the process exit code.
+async fn run(cli: Cli) -> ExitCode {
+    let client = match Client::new(&cli.endpoint) {
+        Ok(client) => client,
+        Err(e) => return fail(&e),
+    };
+    match cli.command {
+        Command::Get(args) => get(&client, args).await,
+        Command::Put(args) => put(&client, args).await,
+        Command::Delete(args) => delete(&client, args).await,
+    }
+}
+
+async fn get(client: &Client, args: GetArgs) -> ExitCode {
+    let opts = ReadOptions {
+        r: args.r,
+        timeout_ms: args.timeout_ms,
+    };
+    let read = match client.get(&os_bytes(args.key), &opts).await {
+        Ok(read) => read,
+        Err(e) => return fail(&e),
+    };
+    let live: Vec<&[u8]> = read.live().map(|s| s.value.as_slice()).collect();
+    match (&read, live.as_slice()) {
+        (ReadResult::Found { context, .. }, [value]) => {
+            if let Err(e) = stdout_bytes(value) {
+                return local_failure(&e);
+            }
+            stderr_line(&format!("context: {context}"));
+            ExitCode::SUCCESS
+        }
+        (ReadResult::Found { context, .. }, values) if !values.is_empty() => {
+            let mut text = String::new();
+            for (i, value) in values.iter().enumerate() {
+                text.push_str(&format!(
+                    "sibling {}: {}\n",
+                    i + 1,
+                    String::from_utf8_lossy(value)
+                ));
+            }
+            text.push_str(&format!("context: {context}\n"));
+            match stdout_bytes(text.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => local_failure(&e),
+            }
+        }
+        // Absent, or (should the node ever answer so) found with tombstones only.
+        _ => {
+            stderr_line("not found");
+            if let Some(context) = read.context() {
+                stderr_line(&format!("context: {context}"));
+            }
+            ExitCode::from(EXIT_NOT_FOUND)
+        }
+    }
+}
+
+async fn put(client: &Client, args: PutArgs) -> ExitCode {
+    let value = if args.value == "-" {
+        let mut buffer = Vec::new();
+        if let Err(e) = std::io::stdin().lock().read_to_end(&mut buffer) {
+            stderr_line(&format!("error: reading the value from stdin: {e}"));
+            return ExitCode::from(EXIT_REFUSED);
+        }
+        buffer
+    } else {
+        os_bytes(args.value)
+    };
+    let opts = WriteOptions {
+        w: args.w,
+        timeout_ms: args.timeout_ms,
+    };
+    match client
+        .put(&os_bytes(args.key), value, args.context.as_deref(), &opts)
+        .await
+    {
+        Ok(context) => match stdout_bytes(format!("{context}\n").as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => local_failure(&e),
+        },
+        Err(e) => fail(&e),
+    }
+}
+
+async fn delete(client: &Client, args: DeleteArgs) -> ExitCode {
+    let opts = WriteOptions {
+        w: args.w,
+        timeout_ms: args.timeout_ms,
+    };
+    match client
+        .delete(&os_bytes(args.key), args.context.as_deref(), &opts)
+        .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints a client error (with its causes) on stderr and picks the exit code.
+fn fail(error: &Error) -> ExitCode {
+    let mut message = format!("error: {error}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        // reqwest repeats itself along the chain: print each distinct cause once.
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(&format!(": {text}"));
+        }
+        source = cause.source();
+    }
+    stderr_line(&message);
+    match error {
+        Error::Server { body, .. } => {
+            // A 409 (sibling cap) carries the key's context so the caller can resolve and write back.
+            if let Some(context) = &body.context {
+                stderr_line(&format!("context: {context}"));
+            }
+            ExitCode::from(EXIT_REFUSED)
+        }
+        Error::BadEndpoint { .. } | Error::InvalidKey(_) | Error::InvalidContext(_) => {
+            ExitCode::from(EXIT_REFUSED)
+        }
+        Error::Http(e) if e.is_builder() => ExitCode::from(EXIT_REFUSED),
+        Error::Http(_) | Error::InvalidResponse(_) => ExitCode::from(EXIT_UNREACHABLE),
+    }
+}
+
+/// Reports a failure to write the output (a closed pipe, a full disk).
+fn local_failure(error: &std::io::Error) -> ExitCode {
+    stderr_line(&format!("error: writing to stdout: {error}"));
+    ExitCode::from(EXIT_REFUSED)
+}
+
+/// Writes bytes to stdout exactly as given, and flushes.
+fn stdout_bytes(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+/// Writes one line to stderr; a failure to do so is ignored (there is nowhere left to report it).
+fn stderr_line(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// The bytes of a command-line argument: exactly as given on Unix, lossy UTF-8 elsewhere.
+fn os_bytes(arg: OsString) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        arg.into_vec()
+    }
+    #[cfg(not(unix))]
+    {
+        arg.to_string_lossy().into_owned().into_bytes()
+    }
+}

@@ -1,0 +1,231 @@
+//! The node's configuration: one struct, built by clap from flags, `KVNODE_*` environment variables
+//! and an optional TOML file, in that order of precedence.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use clap::Parser;
+use humantime::Duration;
+
+use crate::storage::Durability;
+
+/// kvnode: a kvcluster storage node.
+///
+/// Every flag has an environment variable twin (KVNODE_<FLAG>, e.g. KVNODE_LISTEN) and a key in the
+/// `--config` TOML file (the flag's long name: `cache-size = "64MiB"`). Flags beat the environment,
+/// which beats the file.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvnode", version, about, long_about, args_override_self = true)]
+pub struct NodeConfig {
+    /// Stable id of this node (the StatefulSet pod name on Kubernetes). Stamps the writes it coordinates.
+    #[arg(long, env = "KVNODE_NODE_ID", default_value = "kv-0")]
+    pub node_id: String,
+
+    /// Address of the client and peer HTTP port. Port 0 picks a free port (printed at start).
+    #[arg(long, env = "KVNODE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of this node's data (RocksDB lives in its `db` subdirectory).
+    #[arg(long, env = "KVNODE_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// When writes reach the disk: `fsync` syncs each write before acknowledging it; `periodic`
+    /// syncs the write-ahead log every --wal-sync-interval (a process crash loses nothing, a machine
+    /// crash may lose that interval).
+    #[arg(
+        long,
+        env = "KVNODE_DURABILITY",
+        value_enum,
+        default_value = "periodic"
+    )]
+    pub durability: Durability,
+
+    /// WAL sync interval of `periodic` durability.
+    #[arg(long, env = "KVNODE_WAL_SYNC_INTERVAL", default_value = "100ms")]
+    pub wal_sync_interval: Duration,
+
+    /// Byte budget of the in-memory LRU object cache (0 disables it).
+    #[arg(long, env = "KVNODE_CACHE_SIZE", default_value = "256MiB")]
+    pub cache_size: ByteSize,
+
+    /// Largest value accepted; larger bodies are refused with 413 while streaming.
+    #[arg(long, env = "KVNODE_MAX_VALUE_BYTES", default_value = "1MiB")]
+    pub max_value_bytes: ByteSize,
+
+    /// Most siblings a key may hold; a write past it is refused with 409 and the current context.
+    #[arg(long, env = "KVNODE_MAX_SIBLINGS", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_siblings: u16,
+
+    /// Number of partitions of the key space: a power of two, fixed when the data directory is
+    /// created.
+    #[arg(long, env = "KVNODE_PARTITIONS", default_value_t = crate::ring::DEFAULT_PARTITIONS)]
+    pub partitions: u32,
+
+    /// Default deadline of a client request, body upload included (`?timeout_ms=` overrides it).
+    #[arg(long, env = "KVNODE_REQUEST_TIMEOUT", default_value = "5s")]
+    pub request_timeout: Duration,
+
+    /// Time a client has to send a request's headers before its connection is closed.
+    #[arg(long, env = "KVNODE_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: Duration,
+
+    /// A connection on which nothing is read for this long is closed. Keep it above the largest
+    /// request deadline (`timeout_ms` is capped at 60 s).
+    #[arg(long, env = "KVNODE_IDLE_TIMEOUT", default_value = "90s")]
+    pub idle_timeout: Duration,
+
+    /// Largest request head (request line plus headers); larger ones get 431.
+    #[arg(long, env = "KVNODE_MAX_HEADER_BYTES", default_value = "16KiB")]
+    pub max_header_bytes: ByteSize,
+
+    /// Most client connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "KVNODE_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// On SIGTERM, how long in-flight requests may take to finish before connections are closed.
+    #[arg(long, env = "KVNODE_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: Duration,
+
+    /// TOML file with defaults for any of the flags above.
+    #[arg(long, env = "KVNODE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// Parses the process's flags, environment and config file; exits with clap's message (and
+    /// status 2) on bad input, or prints help and version.
+    pub fn load() -> Self {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        match Self::from_args(args) {
+            Ok(config) => config,
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// Parses `args` (program name first), reading the TOML file named by `--config` if any.
+    pub fn from_args(args: Vec<OsString>) -> Result<Self, clap::Error> {
+        let file = config_file_flag(&args);
+        let mut full = Vec::with_capacity(args.len());
+        let mut rest = args.into_iter();
+        full.extend(rest.next());
+        if let Some(path) = file {
+            full.extend(file_args(&path)?);
+        }
+        full.extend(rest);
+        let config = Self::try_parse_from(full)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), clap::Error> {
+        crate::ring::validate_partitions(self.partitions)
+            .map_err(|m| clap::Error::raw(clap::error::ErrorKind::ValueValidation, m + "\n"))
+    }
+}
+
+/// The `--config` value, found before the full parse so the file can supply required flags (the last
+/// occurrence wins, as in the full parse).
+fn config_file_flag(args: &[OsString]) -> Option<PathBuf> {
+    let mut found = std::env::var_os("KVNODE_CONFIG").map(PathBuf::from);
+    let mut args = args.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--" {
+            break;
+        } else if arg == "--config" {
+            found = args.next().map(PathBuf::from);
+        } else if let Some(path) = arg.strip_prefix("--config=") {
+            found = Some(PathBuf::from(path));
+        }
+    }
+    found
+}
+
+/// Turns the file's `key = value` lines into `--key=value` arguments placed before the command line,
+/// skipping keys whose environment variable is set so the environment wins over the file.
+fn file_args(path: &Path) -> Result<Vec<OsString>, clap::Error> {
+    let invalid = |m: String| clap::Error::raw(clap::error::ErrorKind::InvalidValue, m + "\n");
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("cannot read config file {}: {e}", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e| {
+        invalid(format!(
+            "config file {} is not valid TOML: {e}",
+            path.display()
+        ))
+    })?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let env = format!("KVNODE_{}", key.to_uppercase().replace('-', "_"));
+        if std::env::var_os(env).is_some() {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(invalid(format!(
+                    "config key {key:?} must be a string, integer or boolean, got {}",
+                    other.type_str()
+                )));
+            }
+        };
+        out.push(OsString::from(format!("--{key}={value}")));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NodeConfig, clap::Error> {
+        NodeConfig::from_args(args.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn defaults_need_only_a_data_dir() {
+        let c = parse(&["kvnode", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.cache_size.as_u64(), 256 * 1024 * 1024);
+        assert_eq!(c.max_value_bytes.as_u64(), 1024 * 1024);
+        assert_eq!(c.durability, Durability::Periodic);
+        assert_eq!(*c.request_timeout, std::time::Duration::from_secs(5));
+        assert!(parse(&["kvnode"]).is_err(), "--data-dir is required");
+    }
+
+    #[test]
+    fn the_file_supplies_defaults_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "data-dir = \"/tmp/from-file\"\nmax-siblings = 4\ncache-size = \"1MiB\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = parse(&["kvnode", "--config", f, "--max-siblings", "9"]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/from-file"));
+        assert_eq!(c.max_siblings, 9);
+        assert_eq!(c.cache_size.as_u64(), 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(parse(&["kvnode", "--data-dir", "d", "--partitions", "100"]).is_err());
+        assert!(parse(&["kvnode", "--data-dir", "d", "--max-siblings", "0"]).is_err());
+        assert!(parse(&["kvnode", "--data-dir", "d", "--cache-size", "lots"]).is_err());
+        assert!(parse(&["kvnode", "--data-dir", "d", "--durability", "never"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "no-such-setting = 1\n").unwrap();
+        let f = file.to_str().unwrap();
+        assert!(parse(&["kvnode", "--data-dir", "d", "--config", f]).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! kvnode: the storage node of kvcluster.
+//!
+//! Data flows one way: [`http`] parses a request → [`replica`] applies it to this node's state with the
+//! rules of [`causality`] → [`storage`] persists it. [`ring`] maps keys to partitions, [`metrics`] and
+//! [`config`] serve every layer. No module reaches back up.
+
+pub mod causality;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod replica;
+pub mod ring;
+pub mod storage;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+
+use crate::config::NodeConfig;
+use crate::error::Error;
+use crate::http::{ConnectionLimits, Node};
+use crate::metrics::Metrics;
+use crate::replica::Replica;
+use crate::storage::{Durability, Storage};
+
+/// Opens storage, binds the listener, prints `kvnode listening on http://ADDR` on stdout and serves
+/// until `shutdown` resolves; then drains connections and syncs the write-ahead log.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::new());
+    let storage = Storage::open(
+        &config.data_dir,
+        config.durability,
+        usize::try_from(config.cache_size.as_u64()).unwrap_or(usize::MAX),
+        metrics.clone(),
+    )?;
+    storage.pin_setting("partitions", config.partitions)?;
+    let replica = Arc::new(Replica::new(
+        storage,
+        &config.node_id,
+        usize::from(config.max_siblings),
+        metrics.clone(),
+    ));
+    let node = Arc::new(Node {
+        replica: replica.clone(),
+        metrics,
+        max_value_bytes: usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX),
+        request_timeout: *config.request_timeout,
+        partitions: config.partitions,
+        replication: 1,
+        ready: AtomicBool::new(false),
+    });
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let wal_sync = (config.durability == Durability::Periodic).then(|| {
+        tokio::spawn(sync_wal_periodically(
+            replica.clone(),
+            *config.wal_sync_interval,
+        ))
+    });
+    node.ready.store(true, Ordering::Release);
+    tracing::info!(node_id = %config.node_id, %address, "serving");
+    println!("kvnode listening on http://{address}");
+    let limits = ConnectionLimits {
+        header_read_timeout: *config.header_read_timeout,
+        idle_timeout: *config.idle_timeout,
+        max_header_bytes: usize::try_from(config.max_header_bytes.as_u64()).unwrap_or(usize::MAX),
+        max_connections: config.max_connections as usize,
+        shutdown_grace: *config.shutdown_grace,
+    };
+    let stopping = node.clone();
+    http::serve(listener, http::router(node), limits, async move {
+        shutdown.await;
+        stopping.ready.store(false, Ordering::Release);
+        tracing::info!("shutting down");
+    })
+    .await;
+    if let Some(task) = wal_sync {
+        task.abort();
+    }
+    replica.sync_wal().await
+}
+
+async fn sync_wal_periodically(replica: Arc<Replica>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = replica.sync_wal().await {
+            tracing::error!(error = %e, "periodic WAL sync failed");
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Storage: the RocksDB engine, the record codec and the object cache in front of them.
+//!
+//! Layout: column family [`OBJECTS_CF`] maps [`record_key`] (`partition` as big-endian `u16`, then the
+//! key) to an encoded sibling set, so a partition is one contiguous key range. Column family [`META_CF`]
+//! holds node-local facts such as the data directory's incarnation. Everything here is blocking: the
+//! async layers call it from `spawn_blocking`. This module knows nothing about HTTP or quorums.
+
+pub mod cache;
+pub mod codec;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteOptions};
+
+use crate::causality::SiblingSet;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use cache::ObjectCache;
+
+/// Column family of the key-value records.
+pub const OBJECTS_CF: &str = "objects";
+/// Column family of node-local metadata.
+pub const META_CF: &str = "meta";
+/// Subdirectory of the data directory that holds RocksDB's files.
+pub const DB_DIR: &str = "db";
+
+const INCARNATION_KEY: &[u8] = b"incarnation";
+
+/// The RocksDB key of `key` in `partition`.
+pub fn record_key(partition: u16, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + key.len());
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// When an acknowledged write reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every write is synced before it is acknowledged.
+    Fsync,
+    /// The write-ahead log is synced on an interval: a machine crash may lose that interval, a
+    /// process crash loses nothing.
+    Periodic,
+}
+
+/// The local store of sibling sets.
+pub struct Storage {
+    db: DB,
+    cache: ObjectCache,
+    write_options: WriteOptions,
+    incarnation: u32,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the store under `data_dir`.
+    pub fn open(
+        data_dir: &Path,
+        durability: Durability,
+        cache_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.increase_parallelism(2);
+        let mut objects = Options::default();
+        objects.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let db = DB::open_cf_descriptors(
+            &options,
+            data_dir.join(DB_DIR),
+            [
+                ColumnFamilyDescriptor::new(OBJECTS_CF, objects),
+                ColumnFamilyDescriptor::new(META_CF, Options::default()),
+            ],
+        )?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(durability == Durability::Fsync);
+        let incarnation = load_or_create_incarnation(&db)?;
+        Ok(Storage {
+            db,
+            cache: ObjectCache::new(cache_bytes, metrics),
+            write_options,
+            incarnation,
+        })
+    }
+
+    /// A random number fixed when this data directory was created: a wiped node gets a new one, so
+    /// its new writes never reuse the dots of its old ones.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
+    /// Records `value` as the data directory's `setting` on first use, and refuses to continue when
+    /// it was created with a different value (such as another partition count, which would make
+    /// stored keys unreachable).
+    pub fn pin_setting(&self, setting: &str, value: u32) -> Result<(), Error> {
+        let meta = self.cf(META_CF)?;
+        let key = format!("setting/{setting}");
+        match self.db.get_cf(meta, &key)? {
+            Some(bytes) if bytes.as_slice() == value.to_be_bytes() => Ok(()),
+            Some(bytes) => Err(Error::Unavailable(format!(
+                "data directory was created with {setting} = {}, not {value}",
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_or_else(|_| "an unreadable value".to_string(), |v| v.to_string())
+            ))),
+            None => {
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                Ok(self.db.put_cf_opt(meta, key, value.to_be_bytes(), &sync)?)
+            }
+        }
+    }
+
+    /// The cached set of `key` without touching RocksDB, if it is cached.
+    pub fn cached(&self, partition: u16, key: &[u8]) -> Option<Arc<SiblingSet>> {
+        self.cache.get(&record_key(partition, key))
+    }
+
+    /// The stored set of `key` (empty when absent), from the cache or from RocksDB.
+    ///
+    /// Callers must hold the key's write lock when the result may be inserted into the cache, so a
+    /// slow reader never caches a value older than a concurrent write: see `replica`.
+    pub fn load(&self, partition: u16, key: &[u8]) -> Result<Arc<SiblingSet>, Error> {
+        let rkey = record_key(partition, key);
+        if let Some(set) = self.cache.get(&rkey) {
+            return Ok(set);
+        }
+        let set = match self.db.get_pinned_cf(self.cf(OBJECTS_CF)?, &rkey)? {
+            Some(bytes) => Arc::new(codec::decode(&bytes)?),
+            None => Arc::new(SiblingSet::default()),
+        };
+        self.cache.insert(rkey, set.clone());
+        Ok(set)
+    }
+
+    /// Persists `set` as the state of `key` (synced first when durability is `fsync`).
+    pub fn store(&self, partition: u16, key: &[u8], set: Arc<SiblingSet>) -> Result<(), Error> {
+        let rkey = record_key(partition, key);
+        self.db.put_cf_opt(
+            self.cf(OBJECTS_CF)?,
+            &rkey,
+            codec::encode(&set),
+            &self.write_options,
+        )?;
+        self.cache.insert(rkey, set);
+        Ok(())
+    }
+
+    /// Syncs the write-ahead log to disk (the periodic durability tick).
+    pub fn sync_wal(&self) -> Result<(), Error> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
+    /// RocksDB's estimate of the live data size of the objects, in bytes.
+    pub fn live_data_bytes(&self) -> Result<u64, Error> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.cf(OBJECTS_CF)?, "rocksdb.estimate-live-data-size")?
+            .unwrap_or(0))
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, Error> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| Error::Internal(format!("column family {name} missing")))
+    }
+}
+
+fn load_or_create_incarnation(db: &DB) -> Result<u32, Error> {
+    let meta = db
+        .cf_handle(META_CF)
+        .ok_or_else(|| Error::Internal(format!("column family {META_CF} missing")))?;
+    if let Some(bytes) = db.get_cf(meta, INCARNATION_KEY)? {
+        let raw: [u8; 4] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Corrupt("incarnation record is not 4 bytes".into()))?;
+        return Ok(u32::from_be_bytes(raw));
+    }
+    let incarnation: u32 = rand::random();
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.put_cf_opt(meta, INCARNATION_KEY, incarnation.to_be_bytes(), &sync)?;
+    Ok(incarnation)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::causality::{Actor, VersionVector};
+
+    fn open(dir: &Path) -> Storage {
+        Storage::open(dir, Durability::Fsync, 1 << 20, Arc::new(Metrics::new())).unwrap()
+    }
+
+    #[test]
+    fn records_and_incarnation_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = SiblingSet::default();
+        set.update(
+            &VersionVector::default(),
+            &Actor::new("kv-0", 1),
+            Some(b"v".to_vec()),
+            0,
+        );
+        let incarnation = {
+            let storage = open(dir.path());
+            storage.store(3, b"k", Arc::new(set.clone())).unwrap();
+            storage.incarnation()
+        };
+        let storage = open(dir.path());
+        assert_eq!(storage.incarnation(), incarnation);
+        assert_eq!(*storage.load(3, b"k").unwrap(), set);
+        assert!(
+            storage.load(4, b"k").unwrap().is_empty(),
+            "partitions are separate ranges"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path());
+        let cf = storage.cf(OBJECTS_CF).unwrap();
+        storage
+            .db
+            .put_cf(cf, record_key(0, b"bad"), b"\x01\xff\xff")
+            .unwrap();
+        assert!(matches!(storage.load(0, b"bad"), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn record_keys_sort_by_partition_first() {
+        assert!(record_key(1, b"zzz") < record_key(2, b"a"));
+        assert_eq!(record_key(0x0102, b"k"), vec![1, 2, b'k']);
+    }
+}

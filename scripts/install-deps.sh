@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing kvcluster needs on a fresh Debian machine, and nothing when it is
+# already there. Safe to run repeatedly. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+# Debian packages: libclang for RocksDB's bindgen, a C++ toolchain for RocksDB itself.
+apt_packages=(libclang-dev clang g++ make pkg-config)
+
+missing=()
+for package in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Rust components the checks use.
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add clippy rustfmt >/dev/null 2>&1 || true
+fi
