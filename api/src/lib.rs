@@ -71,6 +71,14 @@ pub mod codes {
     pub const CORRUPT_RECORD: &str = "corrupt_record";
     /// The node is not ready or is shutting down.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// A cluster config was refused as invalid or incompatible.
+    pub const BAD_CONFIG: &str = "bad_config";
+    /// A cluster config was not newer than the node's current one.
+    pub const STALE_EPOCH: &str = "stale_epoch";
+    /// The admin token is missing or wrong.
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// A peer message could not be decoded (such as an unknown format version).
+    pub const BAD_RPC: &str = "bad_rpc";
     /// Anything else that went wrong inside the node.
     pub const INTERNAL: &str = "internal";
 }
@@ -94,4 +102,133 @@ pub struct SiblingView {
     pub value: String,
     /// True for a tombstone left by a delete.
     pub deleted: bool,
+}
+
+/// Admin route of the cluster configuration: `GET` reads it, `PUT` replaces it with a higher epoch.
+pub const ADMIN_CLUSTER: &str = "/admin/v1/cluster";
+/// Admin route of the partition map: `GET` gives partition → preference list.
+pub const ADMIN_RING: &str = "/admin/v1/ring";
+/// Admin route of this node's view: `GET` gives a [`NodeStatus`].
+pub const ADMIN_STATUS: &str = "/admin/v1/status";
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Stable node id (the StatefulSet pod name on Kubernetes).
+    pub id: String,
+    /// `host:port` of the member's HTTP port, reachable from the other members.
+    pub address: String,
+}
+
+/// The one source of truth about a cluster; the highest `epoch` wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Name of the cluster; nodes refuse configs and peers of another cluster.
+    pub cluster: String,
+    /// Version of this config; every change increments it.
+    pub epoch: u64,
+    /// The members of the ring.
+    pub members: Vec<Member>,
+    /// Replicas per key (N).
+    pub n: u32,
+    /// Default write quorum (W), 1..=N.
+    pub w: u32,
+    /// Default read quorum (R), 1..=N.
+    pub r: u32,
+    /// Partitions of the key space: a power of two, fixed for the cluster's life.
+    pub partitions: u32,
+    /// Tokens per member on the hash ring.
+    pub vnodes: u32,
+}
+
+impl ClusterConfig {
+    /// Checks the config's own consistency: quorums within 1..=N, at least one member, unique ids
+    /// and addresses, a power-of-two partition count, at least one vnode.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster.is_empty() {
+            return Err("cluster name is empty".into());
+        }
+        if self.members.is_empty() {
+            return Err("a cluster needs at least one member".into());
+        }
+        if self.n == 0 {
+            return Err("n must be at least 1".into());
+        }
+        if !(1..=self.n).contains(&self.w) || !(1..=self.n).contains(&self.r) {
+            return Err(format!(
+                "w ({}) and r ({}) must be between 1 and n ({})",
+                self.w, self.r, self.n
+            ));
+        }
+        if !self.partitions.is_power_of_two() || self.partitions > 1 << 16 {
+            return Err(format!(
+                "partitions must be a power of two up to 65536, got {}",
+                self.partitions
+            ));
+        }
+        if self.vnodes == 0 || self.vnodes > 4096 {
+            return Err(format!("vnodes must be 1..=4096, got {}", self.vnodes));
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if m.id.is_empty() || m.address.is_empty() {
+                return Err(format!("member {i} has an empty id or address"));
+            }
+            if self.members[..i]
+                .iter()
+                .any(|o| o.id == m.id || o.address == m.address)
+            {
+                return Err(format!("member {} appears twice", m.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// The member with id `id`, if it is one.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+}
+
+/// `GET /admin/v1/ring`: the preference list of every partition under the node's current config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingView {
+    /// Epoch of the config the ring was computed from.
+    pub epoch: u64,
+    /// One entry per partition, in partition order.
+    pub partitions: Vec<PartitionView>,
+}
+
+/// One partition of a [`RingView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionView {
+    /// The partition number.
+    pub partition: u32,
+    /// Member ids holding it, in preference order.
+    pub replicas: Vec<String>,
+}
+
+/// `GET /admin/v1/status`: one node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The answering node's id.
+    pub node_id: String,
+    /// Whether the node is a member of its current config.
+    pub member: bool,
+    /// The node's current config.
+    pub config: ClusterConfig,
+    /// Liveness of every other member, as this node sees it.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Liveness of one peer in a [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Peer id.
+    pub id: String,
+    /// Peer address.
+    pub address: String,
+    /// Whether the last exchange with the peer succeeded.
+    pub alive: bool,
+    /// Milliseconds since the last successful exchange, if there was one.
+    pub last_seen_ms_ago: Option<u64>,
 }

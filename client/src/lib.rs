@@ -25,7 +25,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use kvapi::{CONTEXT_HEADER, ErrorBody, KV_PREFIX, MAX_KEY_BYTES, ReadResponse};
+use kvapi::{
+    ADMIN_RING, ADMIN_STATUS, CONTEXT_HEADER, ErrorBody, KV_PREFIX, MAX_KEY_BYTES, NodeStatus,
+    ReadResponse, RingView,
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -317,6 +320,39 @@ impl Client {
         }
     }
 
+    /// `GET /admin/v1/ring`: the node's partition map (partition → preference list).
+    pub async fn ring(&self) -> Result<RingView, Error> {
+        let body = self.admin_get(ADMIN_RING).await?;
+        parse_admin_json(ADMIN_RING, &body)
+    }
+
+    /// `GET /admin/v1/status`: the node's view of the cluster (config, peers' liveness).
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        let body = self.admin_get(ADMIN_STATUS).await?;
+        parse_admin_json(ADMIN_STATUS, &body)
+    }
+
+    /// `GET` of an admin route (such as [`kvapi::ADMIN_RING`]): the raw body of a success answer.
+    pub async fn admin_get(&self, route: &str) -> Result<Bytes, Error> {
+        let url = Url::parse(&format!("{}{route}", self.base)).map_err(|e| Error::BadEndpoint {
+            endpoint: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        let response = self
+            .http
+            .get(url)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(server_error(status, &body))
+        }
+    }
+
     /// The client-side deadline of one request: the node's deadline plus a grace period when the request
     /// sets one, the client's overall timeout otherwise.
     fn request_timeout(&self, timeout_ms: Option<u64>) -> Duration {
@@ -515,6 +551,12 @@ fn parse_not_found(header_context: Option<String>, body: &[u8]) -> Result<ReadRe
         }
         Err(_) => Err(server_error(StatusCode::NOT_FOUND, body)),
     }
+}
+
+/// Decodes the JSON body of a successful admin answer.
+fn parse_admin_json<T: serde::de::DeserializeOwned>(route: &str, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::InvalidResponse(format!("the answer to GET {route} is not valid: {e}")))
 }
 
 /// The [`Error::Server`] for an error answer.
@@ -837,6 +879,18 @@ mod tests {
         assert!(matches!(
             context_value("a\nb"),
             Err(Error::InvalidContext(_))
+        ));
+    }
+
+    #[test]
+    fn admin_answers_are_decoded() {
+        let body = br#"{"epoch":2,"partitions":[{"partition":0,"replicas":["kv-0","kv-1"]}]}"#;
+        let ring: RingView = parse_admin_json(ADMIN_RING, body).unwrap();
+        assert_eq!(ring.epoch, 2);
+        assert_eq!(ring.partitions[0].replicas, ["kv-0", "kv-1"]);
+        assert!(matches!(
+            parse_admin_json::<NodeStatus>(ADMIN_STATUS, b"{}"),
+            Err(Error::InvalidResponse(_))
         ));
     }
 

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use kvclient::{Client, Error, ReadOptions, ReadResult, WriteOptions};
 
+mod cmd;
+
 /// Exit code: the key is absent or deleted.
 const EXIT_NOT_FOUND: u8 = 1;
 /// Exit code: bad arguments or local input/output, or the node answered with an error.
@@ -21,7 +23,8 @@ Exit codes:
   0  success
   1  the key is absent or deleted (get)
   2  bad arguments or local I/O error, or the node answered with an error (printed as `error: STATUS CODE: MESSAGE`)
-  3  the node could not be reached, timed out, or sent an answer that breaks the protocol";
+  3  the node could not be reached, timed out, or sent an answer that breaks the protocol; `up`: a node failed
+     to start or died; `bench`: no operation succeeded";
 
 /// Command line for kvcluster, a Dynamo-style replicated key-value store.
 #[derive(Debug, Parser)]
@@ -41,7 +44,7 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands. `up`, `ring`, `status`, `cluster` and `bench` (DESIGN.md section 5a) will join them.
+/// The subcommands. `cluster` (DESIGN.md section 5a) will join them.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Read a key
@@ -59,6 +62,30 @@ enum Command {
     ///
     /// Writes a tombstone; prints nothing on success.
     Delete(DeleteArgs),
+    /// Start a local cluster in the foreground
+    ///
+    /// Starts --nodes kvnode processes on loopback: node kv-i listens on 127.0.0.1:(PORT+i), keeps its data in
+    /// DIR/kv-i and its log in DIR/kv-i.log, and reads DIR/cluster.json (written with N = min(3, nodes) and
+    /// majority W = R; an existing one with the same members is reused, so a restart keeps its epoch). Prints
+    /// the endpoints once every node is ready. Ctrl-C or SIGTERM stops the nodes (SIGTERM, SIGKILL after 15 s)
+    /// and exits 0; a node that fails to start or dies stops the others and exits 3.
+    Up(cmd::up::UpArgs),
+    /// Show the partition map of the node at --endpoint
+    ///
+    /// One line per partition (its preference list), then per member: partitions held as a replica and as
+    /// the first of the list, and its share of the replica slots against the fair share.
+    Ring(cmd::admin::RingArgs),
+    /// Show the cluster as the node at --endpoint sees it
+    ///
+    /// The node id, epoch, N/W/R, the members and each peer's liveness.
+    Status(cmd::admin::StatusArgs),
+    /// Run a closed-loop benchmark
+    ///
+    /// --clients tasks each keep one request in flight, round-robin over --endpoints, for --duration (after
+    /// --warmup) or --max-ops operations. Writes carry the context of the client's last read or write of the
+    /// key. Prints per-operation throughput and latency percentiles (HdrHistogram), errors by kind and sibling
+    /// statistics; errors are not counted as latencies.
+    Bench(cmd::bench::BenchArgs),
 }
 
 /// Arguments of `kvctl get`.
@@ -142,14 +169,22 @@ fn main() -> ExitCode {
 
 /// Runs one command and returns the process exit code.
 async fn run(cli: Cli) -> ExitCode {
+    let command = match cli.command {
+        Command::Up(args) => return cmd::up::run(args).await,
+        Command::Bench(args) => return cmd::bench::run(&cli.endpoint, args).await,
+        other => other,
+    };
     let client = match Client::new(&cli.endpoint) {
         Ok(client) => client,
         Err(e) => return fail(&e),
     };
-    match cli.command {
+    match command {
         Command::Get(args) => get(&client, args).await,
         Command::Put(args) => put(&client, args).await,
         Command::Delete(args) => delete(&client, args).await,
+        Command::Ring(args) => cmd::admin::ring(&client, args).await,
+        Command::Status(args) => cmd::admin::status(&client, args).await,
+        Command::Up(_) | Command::Bench(_) => ExitCode::from(EXIT_REFUSED),
     }
 }
 
@@ -296,5 +331,89 @@ fn os_bytes(arg: OsString) -> Vec<u8> {
     #[cfg(not(unix))]
     {
         arg.to_string_lossy().into_owned().into_bytes()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn bench(extra: &[&str]) -> Result<cmd::bench::BenchArgs, clap::Error> {
+        let mut argv = vec!["kvctl", "bench"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Bench(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_arguments_are_validated() {
+        let args = bench(&[]).unwrap();
+        assert_eq!(args.clients, 16);
+        assert_eq!(args.duration, std::time::Duration::from_secs(10));
+        assert_eq!(
+            (args.keys, args.value_size, args.read_ratio),
+            (10_000, 100, 0.5)
+        );
+        let plan = cmd::bench::plan(&args, "127.0.0.1:9000/").unwrap();
+        assert_eq!(
+            format!("{plan:?}").matches("http://127.0.0.1:9000").count(),
+            1
+        );
+
+        let args = bench(&[
+            "--endpoints",
+            "http://127.0.0.1:18080,127.0.0.1:18081",
+            "--read-ratio",
+            "0.95",
+            "--distribution",
+            "uniform",
+            "--duration",
+            "1m",
+            "--max-ops",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(args.endpoints.len(), 2);
+        assert!(cmd::bench::plan(&args, "unused").is_ok());
+
+        for bad in [
+            &["--read-ratio", "1.5"][..],
+            &["--read-ratio", "-0.5"],
+            &["--read-ratio", "x"],
+            &["--clients", "0"],
+            &["--duration", "0s"],
+            &["--duration", "soon"],
+            &["--keys", "0"],
+            &["--max-ops", "0"],
+            &["--distribution", "pareto"],
+            &["--value-size", "2000000"],
+        ] {
+            assert!(bench(bad).is_err(), "{bad:?} accepted");
+        }
+        let args = bench(&["--endpoints", "https://x:1"]).unwrap();
+        assert!(cmd::bench::plan(&args, "unused").is_err());
+    }
+
+    #[test]
+    fn up_arguments_have_defaults() {
+        let cli = Cli::try_parse_from(["kvctl", "up", "--kvnode", "/bin/kvnode"]).unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!((args.nodes, args.port), (3, 8080));
+        assert_eq!(args.data_dir, std::path::PathBuf::from("./kvdata"));
+        assert_eq!(args.cluster, "local");
+        assert!(Cli::try_parse_from(["kvctl", "up", "--nodes", "0"]).is_err());
+        assert!(Cli::try_parse_from(["kvctl", "ring", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["kvctl", "status", "--json"]).is_ok());
     }
 }

@@ -31,6 +31,15 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_DATA_DIR")]
     pub data_dir: PathBuf,
 
+    /// JSON cluster config (`kvapi::ClusterConfig`) to join. The node persists the config it follows and
+    /// uses whichever of the two has the higher epoch; without either it is a one-member cluster.
+    #[arg(long, env = "KVNODE_CLUSTER_CONFIG")]
+    pub cluster_config: Option<PathBuf>,
+
+    /// Bearer token required on the /admin/v1 routes (none: admin routes are open).
+    #[arg(long, env = "KVNODE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// When writes reach the disk: `fsync` syncs each write before acknowledging it; `periodic`
     /// syncs the write-ahead log every --wal-sync-interval (a process crash loses nothing, a machine
     /// crash may lose that interval).

@@ -62,9 +62,61 @@ pub enum Error {
     /// The node cannot serve right now (starting or stopping).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Fewer replicas than the quorum answered in time.
+    #[error("quorum not reached: {replied} of {required} required replicas answered")]
+    QuorumNotReached {
+        /// Replicas that answered successfully.
+        replied: u32,
+        /// Replicas the quorum needed.
+        required: u32,
+    },
+    /// A peer could not be reached or did not answer in time.
+    #[error("peer unavailable: {0}")]
+    PeerUnavailable(String),
+    /// A peer answered with an error, or sent a message this node cannot read.
+    #[error("peer rpc failed: {0}")]
+    Rpc(String),
+    /// A request coordinated by a peer failed there; its status and body are passed on unchanged.
+    #[error("{}", body.message)]
+    Remote {
+        /// HTTP status the peer answered.
+        status: u16,
+        /// The peer's error body.
+        body: kvapi::ErrorBody,
+    },
+    /// A cluster config was refused.
+    #[error("bad cluster config: {0}")]
+    BadConfig(String),
+    /// A cluster config was not newer than the current one.
+    #[error("stale config: epoch {offered} is not newer than the current epoch {current}")]
+    StaleEpoch {
+        /// Epoch offered.
+        offered: u64,
+        /// Epoch in force.
+        current: u64,
+    },
+    /// The admin token is missing or wrong.
+    #[error("admin token missing or wrong")]
+    Unauthorized,
     /// A broken invariant or a failed background task.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl Error {
+    /// True for errors that say a replica could not be reached or could not answer in time, as
+    /// opposed to errors about the request or the data.
+    pub fn is_unavailability(&self) -> bool {
+        match self {
+            Error::PeerUnavailable(_)
+            | Error::Rpc(_)
+            | Error::Unavailable(_)
+            | Error::QuorumNotReached { .. }
+            | Error::DeadlineExceeded(_) => true,
+            Error::Remote { status, .. } => *status == 503 || *status == 504,
+            _ => false,
+        }
+    }
 }
 
 impl From<CodecError> for Error {

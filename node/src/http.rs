@@ -27,28 +27,34 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 
 use crate::causality::{SiblingSet, VersionVector, decode_context, encode_context};
+use crate::coordinator::Coordinator;
 use crate::error::Error;
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
-use crate::ring::partition_of;
+use crate::rpc::{self, RequestBody, ResponseBody, RpcClient, RpcRequest, RpcResponse};
 
 /// Largest `timeout_ms` a request may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
-/// What the request handlers need: the replica, metrics and per-request limits.
+/// What the request handlers need: the coordinator and the layers peers talk to, metrics and limits.
 pub struct Node {
-    /// This node's data.
+    /// Runs client requests across replicas.
+    pub coordinator: Coordinator,
+    /// This node's data, for peers' reads and merges.
     pub replica: Arc<Replica>,
+    /// The cluster config and peers' liveness.
+    pub membership: Arc<Membership>,
+    /// Peer client, to catch up with a peer that announces a newer epoch.
+    pub rpc: Arc<RpcClient>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
     /// Largest accepted value, in bytes.
     pub max_value_bytes: usize,
     /// Deadline of a request that names none.
     pub request_timeout: Duration,
-    /// Partitions of the key space.
-    pub partitions: u32,
-    /// Replicas per key (N): the upper bound of per-request `r` and `w`.
-    pub replication: u32,
+    /// Bearer token required on admin routes, when set.
+    pub admin_token: Option<String>,
     /// False while starting or shutting down: readiness and key routes answer 503.
     pub ready: AtomicBool,
 }
@@ -77,6 +83,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(kvapi::HEALTH_LIVE, any(live))
         .route(kvapi::HEALTH_READY, any(ready))
         .route(kvapi::METRICS, any(metrics))
+        .route(kvapi::ADMIN_CLUSTER, any(admin_cluster))
+        .route(kvapi::ADMIN_RING, any(admin_ring))
+        .route(kvapi::ADMIN_STATUS, any(admin_status))
+        .route(rpc::RPC_PATH, any(peer_rpc))
         .fallback(no_route)
         .with_state(node)
 }
@@ -200,33 +210,40 @@ async fn handle_kv(node: &Node, operation: Operation, request: Request) -> Resul
         return Err(Error::Unavailable("node is not ready".into()));
     }
     let key: Arc<[u8]> = parse_key(request.uri().path())?.into();
-    let params = parse_params(request.uri().query(), operation, node.replication)?;
-    let deadline = params.timeout.unwrap_or(node.request_timeout);
+    let replication = node.membership.view().config.n;
+    let params = parse_params(request.uri().query(), operation, replication)?;
+    let timeout = params.timeout.unwrap_or(node.request_timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
     let work = async {
         match operation {
             Operation::Get => {
                 let wants_json = accepts_json(request.headers());
-                get(node, key, wants_json).await
+                get(node, key, params.quorum, deadline, wants_json).await
             }
             Operation::Put => {
                 let context = parse_context(&key, request.headers())?;
                 let value = read_value(request, node.max_value_bytes).await?;
-                write(node, key, context, Some(value)).await
+                write(node, key, context, Some(value), params.quorum, deadline).await
             }
             Operation::Delete => {
                 let context = parse_context(&key, request.headers())?;
-                write(node, key, context, None).await
+                write(node, key, context, None, params.quorum, deadline).await
             }
         }
     };
-    tokio::time::timeout(deadline, work)
+    tokio::time::timeout_at(deadline, work)
         .await
-        .map_err(|_| Error::DeadlineExceeded(deadline))?
+        .map_err(|_| Error::DeadlineExceeded(timeout))?
 }
 
-async fn get(node: &Node, key: Arc<[u8]>, wants_json: bool) -> Result<Response, Error> {
-    let partition = partition_of(&key, node.partitions);
-    let set = node.replica.read(partition, key.clone()).await?;
+async fn get(
+    node: &Node,
+    key: Arc<[u8]>,
+    r: Option<u32>,
+    deadline: tokio::time::Instant,
+    wants_json: bool,
+) -> Result<Response, Error> {
+    let set = node.coordinator.read(key.clone(), r, deadline).await?;
     let context = encode_context(&key, set.context());
     if set.live().next().is_none() {
         // Absent, or only tombstones: the context of a deleted key still matters to a writer.
@@ -269,11 +286,12 @@ async fn write(
     key: Arc<[u8]>,
     context: VersionVector,
     value: Option<Vec<u8>>,
+    w: Option<u32>,
+    deadline: tokio::time::Instant,
 ) -> Result<Response, Error> {
-    let partition = partition_of(&key, node.partitions);
     let set = node
-        .replica
-        .write(partition, key.clone(), context, value)
+        .coordinator
+        .write(key.clone(), context, value, w, deadline, false)
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     insert_context(response.headers_mut(), &encode_context(&key, set.context()));
@@ -457,6 +475,170 @@ async fn metrics(State(node): State<Arc<Node>>, request: Request) -> Response {
         .into_response()
 }
 
+/// `GET` reads the cluster config; `PUT` installs a newer one (409 when not newer).
+async fn admin_cluster(State(node): State<Arc<Node>>, request: Request) -> Response {
+    let outcome = async {
+        authorize(&node, request.headers())?;
+        match *request.method() {
+            Method::GET => Ok(axum::Json(node.membership.view().config.clone()).into_response()),
+            Method::PUT => {
+                let bytes = read_value(request, 1024 * 1024).await?;
+                let config: kvapi::ClusterConfig = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::BadConfig(format!("not a cluster config: {e}")))?;
+                let offered = config.epoch;
+                if node.membership.install(config)? {
+                    Ok(axum::Json(node.membership.view().config.clone()).into_response())
+                } else {
+                    Err(Error::StaleEpoch {
+                        offered,
+                        current: node.membership.view().config.epoch,
+                    })
+                }
+            }
+            ref other => Err(Error::MethodNotAllowed {
+                method: other.to_string(),
+                allow: "GET, PUT",
+            }),
+        }
+    };
+    outcome.await.unwrap_or_else(|e| error_response(&e))
+}
+
+/// `GET`: partition → preference list under the current config.
+async fn admin_ring(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if let Err(e) = authorize(&node, request.headers()) {
+        return error_response(&e);
+    }
+    if request.method() != Method::GET {
+        return method_not_allowed(request.method());
+    }
+    let view = node.membership.view();
+    let partitions = (0..view.ring.partitions())
+        .map(|p| kvapi::PartitionView {
+            partition: p,
+            replicas: view
+                .ring
+                .preference_list(p as u16)
+                .map(String::from)
+                .collect(),
+        })
+        .collect();
+    axum::Json(kvapi::RingView {
+        epoch: view.config.epoch,
+        partitions,
+    })
+    .into_response()
+}
+
+/// `GET`: this node's view of the cluster.
+async fn admin_status(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if let Err(e) = authorize(&node, request.headers()) {
+        return error_response(&e);
+    }
+    if request.method() != Method::GET {
+        return method_not_allowed(request.method());
+    }
+    let view = node.membership.view();
+    let node_id = node.membership.node_id().to_string();
+    axum::Json(kvapi::NodeStatus {
+        member: view.config.member(&node_id).is_some(),
+        node_id,
+        config: view.config.clone(),
+        peers: node.membership.peer_statuses(),
+    })
+    .into_response()
+}
+
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Error> {
+    let Some(token) = &node.admin_token else {
+        return Ok(());
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if offered == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
+}
+
+/// `POST /internal/v1/rpc`: one peer message in, one answer out.
+async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if request.method() != Method::POST {
+        return error_response(&Error::MethodNotAllowed {
+            method: request.method().to_string(),
+            allow: "POST",
+        });
+    }
+    let outcome = async {
+        let bytes = read_value(request, rpc::MAX_RPC_BYTES).await?;
+        let message: RpcRequest = rpc::decode(&bytes)?;
+        let view = node.membership.view();
+        if view.config.epoch > 0 && message.cluster != view.config.cluster {
+            return Err(Error::BadConfig(format!(
+                "message from cluster {:?}, this node belongs to {:?}",
+                message.cluster, view.config.cluster
+            )));
+        }
+        if message.epoch > view.config.epoch {
+            node.rpc.catch_up(&message.sender);
+        }
+        let body = answer_peer(&node, message.body).await;
+        Ok(rpc::encode(&RpcResponse {
+            epoch: node.membership.view().config.epoch,
+            body,
+        }))
+    };
+    match outcome.await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
+    let result = match body {
+        RequestBody::Ping => Ok(ResponseBody::Pong),
+        RequestBody::FetchConfig => Ok(ResponseBody::Config(node.membership.view().config.clone())),
+        RequestBody::Read { partition, key } => node
+            .replica
+            .read(partition, key.into())
+            .await
+            .map(|set| ResponseBody::State(SiblingSet::clone(&set))),
+        RequestBody::Merge {
+            partition,
+            key,
+            set,
+        } => node
+            .replica
+            .merge(partition, key.into(), set)
+            .await
+            .map(|_| ResponseBody::Merged),
+        RequestBody::Coordinate {
+            key,
+            context,
+            value,
+            w,
+            timeout_ms,
+        } => {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS));
+            node.coordinator
+                .write(key.into(), context, value, w, deadline, true)
+                .await
+                .map(|set| ResponseBody::State(SiblingSet::clone(&set)))
+        }
+    };
+    result.unwrap_or_else(|e| {
+        let (status, error) = error_parts(&e);
+        ResponseBody::Failed {
+            status: status.as_u16(),
+            error,
+        }
+    })
+}
+
 async fn no_route(request: Request) -> Response {
     error_response(&Error::NoRoute(request.uri().path().to_string()))
 }
@@ -476,47 +658,77 @@ fn insert_context(headers: &mut HeaderMap, context: &str) {
 }
 
 /// The one mapping from [`Error`] to an HTTP status and JSON body.
-fn error_response(error: &Error) -> Response {
+fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
+    if let Error::Remote { status, body } = error {
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return (status, body.clone());
+    }
     let (status, code) = match error {
         Error::BadKey(_) => (StatusCode::BAD_REQUEST, codes::BAD_KEY),
         Error::BadParameter(_) => (StatusCode::BAD_REQUEST, codes::BAD_PARAMETER),
         Error::BadContext(_) => (StatusCode::BAD_REQUEST, codes::BAD_CONTEXT),
         Error::BadBody(_) => (StatusCode::BAD_REQUEST, codes::BAD_BODY),
+        Error::BadConfig(_) => (StatusCode::BAD_REQUEST, codes::BAD_CONFIG),
+        Error::Rpc(_) => (StatusCode::BAD_REQUEST, codes::BAD_RPC),
+        Error::Unauthorized => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
         Error::NoRoute(_) | Error::KeyNotFound => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
         Error::MethodNotAllowed { .. } => {
             (StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED)
         }
         Error::TooManySiblings { .. } => (StatusCode::CONFLICT, codes::TOO_MANY_SIBLINGS),
+        Error::StaleEpoch { .. } => (StatusCode::CONFLICT, codes::STALE_EPOCH),
         Error::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::VALUE_TOO_LARGE),
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, codes::DEADLINE_EXCEEDED),
-        Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE),
+        Error::QuorumNotReached { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, codes::QUORUM_NOT_REACHED)
+        }
+        Error::Unavailable(_) | Error::PeerUnavailable(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
+        }
         Error::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::CORRUPT_RECORD),
-        Error::Storage(_) | Error::Internal(_) => {
+        Error::Storage(_) | Error::Internal(_) | Error::Remote { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL)
         }
     };
-    if status.is_server_error() {
-        tracing::error!(%error, "request failed");
-    }
-    let message = error.to_string();
+    let (replied, required) = match error {
+        Error::QuorumNotReached { replied, required } => (Some(*replied), Some(*required)),
+        _ => (None, None),
+    };
     let body = ErrorBody {
         error: code.to_string(),
-        message,
+        message: error.to_string(),
         context: match error {
             Error::TooManySiblings { context, .. } => Some(context.clone()),
             _ => None,
         },
-        replied: None,
-        required: None,
+        replied,
+        required,
     };
+    (status, body)
+}
+
+/// An error as a response: [`error_parts`] plus the headers some errors carry.
+fn error_response(error: &Error) -> Response {
+    let (status, body) = error_parts(error);
+    if status.is_server_error() {
+        tracing::warn!(%error, "request failed");
+    }
+    let context = body.context.clone();
     let mut response = (status, axum::Json(body)).into_response();
     if let Error::MethodNotAllowed { allow, .. } = error {
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
-    if let Error::TooManySiblings { context, .. } = error {
-        insert_context(response.headers_mut(), context);
+    if let Some(context) = context {
+        insert_context(response.headers_mut(), &context);
+    }
+    if let Error::ValueTooLarge { .. } = error {
+        // The rest of the body was never read: the connection cannot carry another request, and
+        // saying so keeps clients from reusing it.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }

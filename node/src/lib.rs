@@ -1,16 +1,20 @@
 //! kvnode: the storage node of kvcluster.
 //!
-//! Data flows one way: [`http`] parses a request → [`replica`] applies it to this node's state with the
-//! rules of [`causality`] → [`storage`] persists it. [`ring`] maps keys to partitions, [`metrics`] and
-//! [`config`] serve every layer. No module reaches back up.
+//! Data flows one way: [`http`] parses a request → [`coordinator`] runs it across the key's replicas →
+//! [`replica`] applies it locally with the rules of [`causality`], or [`rpc`] sends it to a peer →
+//! [`storage`] persists it. [`membership`] holds the cluster config and [`ring`] places partitions;
+//! [`metrics`] and [`config`] serve every layer. No module reaches back up.
 
 pub mod causality;
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod replica;
 pub mod ring;
+pub mod rpc;
 pub mod storage;
 
 use std::future::Future;
@@ -20,10 +24,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
 use crate::config::NodeConfig;
+use crate::coordinator::Coordinator;
 use crate::error::Error;
 use crate::http::{ConnectionLimits, Node};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
+use crate::rpc::RpcClient;
 use crate::storage::{Durability, Storage};
 
 /// Opens storage, binds the listener, prints `kvnode listening on http://ADDR` on stdout and serves
@@ -43,21 +50,37 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         usize::from(config.max_siblings),
         metrics.clone(),
     ));
-    let node = Arc::new(Node {
-        replica: replica.clone(),
-        metrics,
-        max_value_bytes: usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX),
-        request_timeout: *config.request_timeout,
-        partitions: config.partitions,
-        replication: 1,
-        ready: AtomicBool::new(false),
-    });
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
     let address = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    let membership = Arc::new(Membership::load(
+        &config.node_id,
+        &address.to_string(),
+        &config.data_dir,
+        config.cluster_config.as_deref(),
+        config.partitions,
+    )?);
+    let rpc = RpcClient::new(membership.clone());
+    let pinger = tokio::spawn(rpc.clone().ping_peers());
+    let node = Arc::new(Node {
+        coordinator: Coordinator::new(
+            membership.clone(),
+            replica.clone(),
+            rpc.clone(),
+            metrics.clone(),
+        ),
+        replica: replica.clone(),
+        membership,
+        rpc,
+        metrics,
+        max_value_bytes: usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX),
+        request_timeout: *config.request_timeout,
+        admin_token: config.admin_token.clone(),
+        ready: AtomicBool::new(false),
+    });
     let wal_sync = (config.durability == Durability::Periodic).then(|| {
         tokio::spawn(sync_wal_periodically(
             replica.clone(),
@@ -81,6 +104,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracing::info!("shutting down");
     })
     .await;
+    pinger.abort();
     if let Some(task) = wal_sync {
         task.abort();
     }

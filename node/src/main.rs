@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match kvnode::run(config, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

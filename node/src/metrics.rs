@@ -22,6 +22,10 @@ pub struct Metrics {
     pub read_siblings: Histogram,
     /// Writes refused because the key reached the sibling cap.
     pub sibling_cap_rejections: IntCounter,
+    /// Requests that failed to reach their quorum, by `operation` (read, write).
+    pub quorum_failures: IntCounterVec,
+    /// Replicas sent a merged state because a read found them behind.
+    pub read_repairs: IntCounter,
     /// RocksDB's estimate of live object data, refreshed at each scrape.
     pub storage_live_data_bytes: IntGauge,
 }
@@ -65,22 +69,38 @@ impl Metrics {
                     "kv_sibling_cap_rejections_total",
                     "Writes refused because the key reached the sibling cap.",
                 )?,
+                quorum_failures: IntCounterVec::new(
+                    Opts::new(
+                        "kv_quorum_failures_total",
+                        "Requests that did not reach their quorum, by operation.",
+                    ),
+                    &["operation"],
+                )?,
+                read_repairs: IntCounter::new(
+                    "kv_read_repairs_total",
+                    "Replicas repaired with the merged state after a read.",
+                )?,
                 storage_live_data_bytes: IntGauge::new(
                     "kv_storage_live_data_bytes",
                     "RocksDB estimate of live object data in bytes.",
                 )?,
                 registry,
             };
-            m.registry.register(Box::new(m.requests.clone()))?;
-            m.registry.register(Box::new(m.request_duration.clone()))?;
-            m.registry.register(Box::new(m.cache_hits.clone()))?;
-            m.registry.register(Box::new(m.cache_misses.clone()))?;
-            m.registry.register(Box::new(m.cache_size_bytes.clone()))?;
-            m.registry.register(Box::new(m.read_siblings.clone()))?;
-            m.registry
-                .register(Box::new(m.sibling_cap_rejections.clone()))?;
-            m.registry
-                .register(Box::new(m.storage_live_data_bytes.clone()))?;
+            let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+                Box::new(m.requests.clone()),
+                Box::new(m.request_duration.clone()),
+                Box::new(m.cache_hits.clone()),
+                Box::new(m.cache_misses.clone()),
+                Box::new(m.cache_size_bytes.clone()),
+                Box::new(m.read_siblings.clone()),
+                Box::new(m.sibling_cap_rejections.clone()),
+                Box::new(m.quorum_failures.clone()),
+                Box::new(m.read_repairs.clone()),
+                Box::new(m.storage_live_data_bytes.clone()),
+            ];
+            for collector in collectors {
+                m.registry.register(collector)?;
+            }
             Ok(m)
         })();
         // Names and label sets above are constants: registering them cannot fail unless this code is
@@ -135,6 +155,7 @@ mod tests {
             "kv_read_siblings_bucket",
             "kv_sibling_cap_rejections_total",
             "kv_storage_live_data_bytes",
+            "kv_read_repairs_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

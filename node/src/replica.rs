@@ -94,6 +94,30 @@ impl Replica {
         .await?
     }
 
+    /// Merges another replica's state of `key` into the local one (replication, read repair) and
+    /// returns the merged state. Writes nothing when the merge changes nothing.
+    pub async fn merge(
+        self: &Arc<Self>,
+        partition: u16,
+        key: Arc<[u8]>,
+        remote: SiblingSet,
+    ) -> Result<Arc<SiblingSet>, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = this.stripe(&key).lock();
+            let current = this.storage.load(partition, &key)?;
+            let mut merged = SiblingSet::clone(&current);
+            merged.merge(&remote);
+            if merged == *current {
+                return Ok(current);
+            }
+            let merged = Arc::new(merged);
+            this.storage.store(partition, &key, merged.clone())?;
+            Ok(merged)
+        })
+        .await?
+    }
+
     /// Syncs the write-ahead log (periodic durability).
     pub async fn sync_wal(self: &Arc<Self>) -> Result<(), Error> {
         let this = self.clone();

@@ -1,0 +1,5 @@
+//! The subcommands of `kvctl` beyond get/put/delete: `up`, `ring`, `status` and `bench`.
+
+pub(crate) mod admin;
+pub(crate) mod bench;
+pub(crate) mod up;

@@ -1,0 +1,323 @@
+//! Membership: the cluster configuration this node follows, its ring, and the liveness of peers.
+//!
+//! The [`ClusterConfig`] with the highest epoch wins. The node persists the config it follows in its data
+//! directory, so a restart resumes at the same epoch, and replaces it only with a valid config of the same
+//! cluster and partition count and a higher epoch. Liveness is learnt from RPC outcomes (success marks a
+//! peer alive, a failure dead) and backs off reconnection attempts to dead peers. No I/O beyond the
+//! config file happens here: `rpc` reports outcomes, `coordinator` asks questions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvapi::{ClusterConfig, Member, PeerStatus};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::Error;
+use crate::ring::{DEFAULT_VNODES, Ring};
+
+/// File in the data directory holding the config the node follows.
+pub const CONFIG_FILE: &str = "cluster.json";
+
+/// First retry delay after a failed exchange with a peer; doubles per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between attempts to reach a dead peer.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A config together with the ring it defines.
+#[derive(Debug)]
+pub struct View {
+    /// The config.
+    pub config: ClusterConfig,
+    /// Its ring.
+    pub ring: Ring,
+}
+
+impl View {
+    fn new(config: ClusterConfig) -> Self {
+        let ids: Vec<String> = config.members.iter().map(|m| m.id.clone()).collect();
+        let ring = Ring::new(&ids, config.partitions, config.vnodes, config.n);
+        View { config, ring }
+    }
+
+    /// The address of member `id`.
+    pub fn address(&self, id: &str) -> Option<&str> {
+        self.config.member(id).map(|m| m.address.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Liveness {
+    last_success: Option<Instant>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The node's view of the cluster.
+pub struct Membership {
+    node_id: String,
+    config_path: PathBuf,
+    view: RwLock<Arc<View>>,
+    liveness: Mutex<HashMap<String, Liveness>>,
+}
+
+impl Membership {
+    /// Loads the config to follow: the persisted one or the one in `config_file`, whichever has the
+    /// higher epoch; without either, a one-member cluster of this node (N = W = R = 1).
+    pub fn load(
+        node_id: &str,
+        listen: &str,
+        data_dir: &Path,
+        config_file: Option<&Path>,
+        partitions: u32,
+    ) -> Result<Self, Error> {
+        let config_path = data_dir.join(CONFIG_FILE);
+        let persisted = read_config(&config_path)?;
+        let given = config_file.map(read_config).transpose()?.flatten();
+        let config = match (persisted, given) {
+            (Some(p), Some(g)) if g.epoch > p.epoch => {
+                check_compatible(&p, &g)?;
+                g
+            }
+            (Some(p), _) => p,
+            (None, Some(g)) => g,
+            (None, None) => ClusterConfig {
+                cluster: "local".into(),
+                epoch: 0,
+                members: vec![Member {
+                    id: node_id.into(),
+                    address: listen.into(),
+                }],
+                n: 1,
+                w: 1,
+                r: 1,
+                partitions,
+                vnodes: DEFAULT_VNODES,
+            },
+        };
+        config.validate().map_err(Error::BadConfig)?;
+        if config.partitions != partitions {
+            return Err(Error::BadConfig(format!(
+                "the cluster has {} partitions but --partitions is {partitions}",
+                config.partitions
+            )));
+        }
+        write_config(&config_path, &config)?;
+        Ok(Membership {
+            node_id: node_id.into(),
+            config_path,
+            view: RwLock::new(Arc::new(View::new(config))),
+            liveness: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The current config and ring.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().clone()
+    }
+
+    /// Replaces the config with `next` when it is valid, of the same cluster and partition count, and
+    /// newer. Returns `Ok(false)` (and changes nothing) when `next` is not newer.
+    pub fn install(&self, next: ClusterConfig) -> Result<bool, Error> {
+        next.validate().map_err(Error::BadConfig)?;
+        let current = self.view();
+        if next.epoch <= current.config.epoch {
+            return Ok(false);
+        }
+        check_compatible(&current.config, &next)?;
+        // Persist before switching, so the node never acts on a config it would forget on restart.
+        write_config(&self.config_path, &next)?;
+        let mut view = self.view.write();
+        if next.epoch <= view.config.epoch {
+            return Ok(false);
+        }
+        tracing::info!(
+            epoch = next.epoch,
+            members = next.members.len(),
+            "installed cluster config"
+        );
+        *view = Arc::new(View::new(next));
+        Ok(true)
+    }
+
+    /// Records a successful exchange with `peer`.
+    pub fn record_success(&self, peer: &str) {
+        let mut liveness = self.liveness.lock();
+        let entry = liveness.entry(peer.to_string()).or_default();
+        entry.last_success = Some(Instant::now());
+        entry.failures = 0;
+        entry.retry_at = None;
+    }
+
+    /// Records a failed exchange with `peer`, backing off further attempts exponentially.
+    pub fn record_failure(&self, peer: &str) {
+        let mut liveness = self.liveness.lock();
+        let entry = liveness.entry(peer.to_string()).or_default();
+        entry.failures = entry.failures.saturating_add(1);
+        let backoff = MIN_BACKOFF
+            .saturating_mul(1 << entry.failures.min(8).saturating_sub(1))
+            .min(MAX_BACKOFF);
+        entry.retry_at = Some(Instant::now() + backoff);
+    }
+
+    /// False while `peer` is in its backoff window after failures: callers skip it rather than wait
+    /// for another connection attempt to fail.
+    pub fn may_contact(&self, peer: &str) -> bool {
+        self.liveness
+            .lock()
+            .get(peer)
+            .and_then(|l| l.retry_at)
+            .is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Whether the last exchange with `peer` succeeded (peers never contacted count as alive).
+    pub fn is_alive(&self, peer: &str) -> bool {
+        peer == self.node_id
+            || self
+                .liveness
+                .lock()
+                .get(peer)
+                .is_none_or(|l| l.failures == 0)
+    }
+
+    /// Liveness of every other member of the current config.
+    pub fn peer_statuses(&self) -> Vec<PeerStatus> {
+        let view = self.view();
+        let liveness = self.liveness.lock();
+        view.config
+            .members
+            .iter()
+            .filter(|m| m.id != self.node_id)
+            .map(|m| {
+                let l = liveness.get(&m.id);
+                PeerStatus {
+                    id: m.id.clone(),
+                    address: m.address.clone(),
+                    alive: l.is_none_or(|l| l.failures == 0),
+                    last_seen_ms_ago: l
+                        .and_then(|l| l.last_success)
+                        .map(|t| t.elapsed().as_millis() as u64),
+                }
+            })
+            .collect()
+    }
+}
+
+fn check_compatible(current: &ClusterConfig, next: &ClusterConfig) -> Result<(), Error> {
+    // A lone node that was never configured (epoch 0) may join any cluster.
+    if current.epoch > 0 && next.cluster != current.cluster {
+        return Err(Error::BadConfig(format!(
+            "config is for cluster {:?}, this node belongs to {:?}",
+            next.cluster, current.cluster
+        )));
+    }
+    if next.partitions != current.partitions {
+        return Err(Error::BadConfig(format!(
+            "partitions are fixed at {} for the cluster's life, got {}",
+            current.partitions, next.partitions
+        )));
+    }
+    Ok(())
+}
+
+fn read_config(path: &Path) -> Result<Option<ClusterConfig>, Error> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::BadConfig(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::BadConfig(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Writes atomically: a temporary file, fsync, rename, so a crash leaves the old or the new config.
+fn write_config(path: &Path, config: &ClusterConfig) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let temporary = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&temporary).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&temporary, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config(epoch: u64, members: usize) -> ClusterConfig {
+        ClusterConfig {
+            cluster: "test".into(),
+            epoch,
+            members: (0..members)
+                .map(|i| Member {
+                    id: format!("kv-{i}"),
+                    address: format!("127.0.0.1:{}", 9000 + i),
+                })
+                .collect(),
+            n: 3.min(members as u32),
+            w: 1,
+            r: 1,
+            partitions: 256,
+            vnodes: 64,
+        }
+    }
+
+    #[test]
+    fn without_config_a_node_is_a_one_member_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Membership::load("kv-0", "127.0.0.1:1", dir.path(), None, 256).unwrap();
+        let view = m.view();
+        assert_eq!(view.config.members.len(), 1);
+        assert_eq!((view.config.n, view.config.w, view.config.r), (1, 1, 1));
+        assert!(view.ring.preference_list(0).eq(["kv-0"]));
+    }
+
+    #[test]
+    fn only_newer_configs_of_the_same_cluster_are_installed_and_they_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("given.json");
+        std::fs::write(&file, serde_json::to_vec(&config(3, 3)).unwrap()).unwrap();
+        let m = Membership::load("kv-0", "x", &dir.path().join("d"), Some(&file), 256).unwrap();
+        assert!(!m.install(config(3, 4)).unwrap(), "equal epoch refused");
+        assert!(!m.install(config(2, 4)).unwrap(), "lower epoch refused");
+        let mut other = config(9, 3);
+        other.cluster = "other".into();
+        assert!(matches!(m.install(other), Err(Error::BadConfig(_))));
+        let mut repartitioned = config(9, 3);
+        repartitioned.partitions = 512;
+        assert!(matches!(m.install(repartitioned), Err(Error::BadConfig(_))));
+        assert!(m.install(config(4, 5)).unwrap());
+        drop(m);
+        // Restarting with the older file keeps the newer persisted config.
+        let m = Membership::load("kv-0", "x", &dir.path().join("d"), Some(&file), 256).unwrap();
+        assert_eq!(m.view().config.epoch, 4);
+        assert_eq!(m.view().config.members.len(), 5);
+    }
+
+    #[test]
+    fn failures_back_off_and_success_resets() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Membership::load("kv-0", "x", dir.path(), None, 256).unwrap();
+        assert!(m.may_contact("kv-1") && m.is_alive("kv-1"));
+        m.record_failure("kv-1");
+        assert!(!m.may_contact("kv-1"));
+        assert!(!m.is_alive("kv-1"));
+        m.record_success("kv-1");
+        assert!(m.may_contact("kv-1") && m.is_alive("kv-1"));
+    }
+}

@@ -1,0 +1,122 @@
+//! The `kvnode` process: its stdout line, signals, flags, environment twins and config file.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvcluster_tests::kvapi::codes;
+use kvcluster_tests::{LISTENING_PREFIX, NodeBuilder, NodeProcess, kvnode_bin};
+
+#[tokio::test]
+async fn prints_exactly_one_listening_line_on_stdout() {
+    let mut node = NodeProcess::start(&[]);
+    let c = node.client();
+    c.put_ok(b"k", b"v", None).await;
+    assert_eq!(c.get(b"k").await.status, 200);
+    assert_eq!(c.get(b"absent").await.status, 404);
+    let status = node.stop();
+    assert!(status.success(), "{status}");
+    let lines = node.stdout_lines();
+    assert_eq!(
+        lines,
+        vec![format!("{LISTENING_PREFIX}{}", node.addr())],
+        "stdout carries exactly the listening line; logs go to stderr"
+    );
+    assert!(node.addr().ip().is_loopback());
+    assert_ne!(node.addr().port(), 0, "the real port is announced");
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_with_exit_0() {
+    let mut node = NodeProcess::start(&[]);
+    node.client().put_ok(b"k", b"v", None).await;
+    let status = node.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "SIGTERM: {status}");
+}
+
+#[tokio::test]
+async fn sigint_stops_cleanly_with_exit_0() {
+    let mut node = NodeProcess::start(&[]);
+    node.client().put_ok(b"k", b"v", None).await;
+    let status = node.stop_with("INT");
+    assert_eq!(status.code(), Some(0), "SIGINT: {status}");
+}
+
+#[tokio::test]
+async fn missing_data_dir_is_refused() {
+    let mut child = Command::new(kvnode_bin())
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("KVNODE_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kvnode");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvnode without --data-dir kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "--data-dir is required: {status}");
+}
+
+#[tokio::test]
+async fn config_file_sets_max_siblings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "max-siblings = 2\n").unwrap();
+    let node = NodeProcess::start(&["--config", config.to_str().unwrap()]);
+    let c = node.client();
+    c.put_ok(b"k", b"a", None).await;
+    c.put_ok(b"k", b"b", None).await;
+    c.put(b"k", b"c", None)
+        .await
+        .assert_error(409, codes::TOO_MANY_SIBLINGS);
+}
+
+#[tokio::test]
+async fn env_twin_sets_max_siblings() {
+    let node = NodeBuilder::new().env("KVNODE_MAX_SIBLINGS", "2").start();
+    let c = node.client();
+    c.put_ok(b"k", b"a", None).await;
+    c.put_ok(b"k", b"b", None).await;
+    c.put(b"k", b"c", None)
+        .await
+        .assert_error(409, codes::TOO_MANY_SIBLINGS);
+}
+
+#[tokio::test]
+async fn env_twin_sets_listen_address() {
+    let node = NodeBuilder::new()
+        .without_listen()
+        .env("KVNODE_LISTEN", "127.0.0.1:0")
+        .start();
+    assert_ne!(
+        node.addr().port(),
+        8080,
+        "KVNODE_LISTEN=127.0.0.1:0 must not use the default port"
+    );
+    node.client().put_ok(b"k", b"v", None).await;
+}
+
+#[tokio::test]
+async fn default_max_siblings_is_64() {
+    let node = NodeProcess::start(&[]);
+    let c = node.client();
+    for i in 0..64 {
+        c.put_ok(b"k", format!("v{i}").as_bytes(), None).await;
+    }
+    let got = c.get(b"k").await;
+    assert_eq!(got.status, 300);
+    assert_eq!(got.live_values().len(), 64);
+    c.put(b"k", b"v64", None)
+        .await
+        .assert_error(409, codes::TOO_MANY_SIBLINGS);
+}
