@@ -17,7 +17,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (binaries the system tests start)"
-cargo build --workspace --bins --locked
+echo "== cargo build (every target: the system tests start the binaries; one selection keeps one RocksDB build)"
+cargo build --workspace --all-targets --locked
 echo "== cargo test"
 cargo test --workspace --locked "$@"
