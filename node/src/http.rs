@@ -582,6 +582,10 @@ async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) -> Response {
                 message.cluster, view.config.cluster
             )));
         }
+        if view.config.member(&message.sender).is_some() {
+            // A message from a peer proves it is up: end its backoff now rather than at the next ping.
+            node.membership.record_success(&message.sender);
+        }
         if message.epoch > view.config.epoch {
             node.rpc.catch_up(&message.sender);
         }

@@ -166,8 +166,8 @@ impl Membership {
         entry.retry_at = Some(Instant::now() + backoff);
     }
 
-    /// False while `peer` is in its backoff window after failures: callers skip it rather than wait
-    /// for another connection attempt to fail.
+    /// False while `peer` is in its backoff window after failures: the pinger waits it out rather
+    /// than reconnect on every tick.
     pub fn may_contact(&self, peer: &str) -> bool {
         self.liveness
             .lock()

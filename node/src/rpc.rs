@@ -161,8 +161,9 @@ impl RpcClient {
         Arc::new(RpcClient { http, membership })
     }
 
-    /// Sends `body` to member `peer` and waits at most `timeout` for the answer. Fails fast while the
-    /// peer is in its reconnection backoff.
+    /// Sends `body` to member `peer` and waits at most `timeout` for the answer. Requests always try:
+    /// a peer that is down refuses the connection at once (or the connect timeout of 500 ms bounds the
+    /// attempt), and skipping a peer that has just come back would fail quorums it could meet.
     pub async fn call(
         self: &Arc<Self>,
         peer: &str,
@@ -174,9 +175,6 @@ impl RpcClient {
             .address(peer)
             .ok_or_else(|| Error::Rpc(format!("{peer} is not a member")))?
             .to_string();
-        if !self.membership.may_contact(peer) {
-            return Err(Error::PeerUnavailable(peer.to_string()));
-        }
         let request = RpcRequest {
             cluster: view.config.cluster.clone(),
             epoch: view.config.epoch,
@@ -224,7 +222,9 @@ impl RpcClient {
         });
     }
 
-    /// Pings every other member forever, keeping liveness and epochs fresh.
+    /// Pings every other member forever, keeping liveness and epochs fresh. A peer whose last exchange
+    /// failed is pinged again only after its backoff (100 ms doubling to 2 s); it is marked alive sooner
+    /// when it sends a message itself.
     pub async fn ping_peers(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(PING_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -232,7 +232,9 @@ impl RpcClient {
             ticks.tick().await;
             let view = self.membership.view();
             for member in &view.config.members {
-                if member.id == self.membership.node_id() {
+                if member.id == self.membership.node_id()
+                    || !self.membership.may_contact(&member.id)
+                {
                     continue;
                 }
                 let this = self.clone();
