@@ -61,13 +61,7 @@ impl Coordinator {
         r: Option<u32>,
         deadline: Instant,
     ) -> Result<Arc<SiblingSet>, Error> {
-        let view = self.membership.view();
-        let partition = partition_of(&key, view.config.partitions);
-        let replicas: Vec<String> = view
-            .ring
-            .preference_list(partition)
-            .map(String::from)
-            .collect();
+        let (view, partition, replicas) = self.placement(&key);
         let required = r.unwrap_or(view.config.r).min(replicas.len() as u32);
         let (tx, mut rx) = mpsc::channel::<ReadReply>(replicas.len().max(1));
         for replica in &replicas {
@@ -148,13 +142,7 @@ impl Coordinator {
         deadline: Instant,
         forwarded: bool,
     ) -> Result<Arc<SiblingSet>, Error> {
-        let view = self.membership.view();
-        let partition = partition_of(&key, view.config.partitions);
-        let replicas: Vec<String> = view
-            .ring
-            .preference_list(partition)
-            .map(String::from)
-            .collect();
+        let (view, partition, replicas) = self.placement(&key);
         let me = self.membership.node_id();
         if !replicas.iter().any(|r| r == me) {
             if forwarded {
@@ -215,6 +203,18 @@ impl Coordinator {
             });
         }
         Ok(state)
+    }
+
+    /// The current view, the key's partition and its preference list under that view.
+    fn placement(&self, key: &[u8]) -> (Arc<View>, u16, Vec<String>) {
+        let view = self.membership.view();
+        let partition = partition_of(key, view.config.partitions);
+        let replicas = view
+            .ring
+            .preference_list(partition)
+            .map(String::from)
+            .collect();
+        (view, partition, replicas)
     }
 
     /// Sends a write to the first reachable member of the key's preference list.
