@@ -547,3 +547,44 @@ async fn health_endpoints_answer_200() {
         "ready once the listening line is printed: {ready}"
     );
 }
+
+#[tokio::test]
+async fn peer_messages_of_an_unknown_version_are_refused_clearly() {
+    use kvnode::rpc::{self, RequestBody, ResponseBody, RpcRequest, RpcResponse};
+    let node = NodeProcess::start(&[]);
+    let c = node.client();
+    let ping = rpc::encode(&RpcRequest {
+        cluster: "local".into(),
+        epoch: 0,
+        sender: "a-test".into(),
+        body: RequestBody::Ping,
+    });
+    let answered = c
+        .request("POST", rpc::RPC_PATH, &[], Some(ping.clone()))
+        .await;
+    assert_eq!(answered.status, 200, "{answered}");
+    let pong: RpcResponse = rpc::decode(&answered.body).unwrap();
+    assert!(matches!(pong.body, ResponseBody::Pong), "{pong:?}");
+
+    let mut future = ping;
+    future[0] = rpc::RPC_VERSION + 98;
+    let refused = c.request("POST", rpc::RPC_PATH, &[], Some(future)).await;
+    let body = refused.assert_error(400, codes::BAD_RPC);
+    assert!(
+        body.message.contains(&format!(
+            "unsupported message version {}",
+            rpc::RPC_VERSION + 98
+        )),
+        "{refused}"
+    );
+    let garbage = c
+        .request(
+            "POST",
+            rpc::RPC_PATH,
+            &[],
+            Some(vec![rpc::RPC_VERSION, 0xff, 0xff]),
+        )
+        .await;
+    garbage.assert_error(400, codes::BAD_RPC);
+    c.put_ok(b"still-serving", b"yes", None).await;
+}
