@@ -206,22 +206,32 @@ mod tests {
     /// busiest of 10 members exceeds 1.25 fair shares for about 0.7% of cluster names (measured over
     /// 1,500 random names; worst 1.30). This checks the distribution over 300 names drawn from a fixed
     /// seed rather than pretending the bound holds for every name.
+    /// `ratio` of 300 clusters whose 8-letter names come from a fixed seed: how many exceed `bound`,
+    /// and the worst.
+    fn over_seeded_names(seed: u64, bound: f64, ratio: impl Fn(&str) -> f64) -> (usize, f64) {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let ratios: Vec<f64> = (0..300)
+            .map(|_| {
+                let prefix: String = (0..8).map(|_| rng.random_range('a'..='z')).collect();
+                ratio(&prefix)
+            })
+            .collect();
+        let over = ratios.iter().filter(|&&r| r > bound).count();
+        (over, ratios.into_iter().fold(0.0, f64::max))
+    }
+
+    /// Ownership with random tokens is a random variable: with 64 vnodes, 256 partitions and N = 3 the
+    /// busiest of 10 members exceeds 1.25 fair shares for about 0.7% of cluster names (measured over
+    /// 1,500 random names; worst 1.30). This checks the distribution over 300 names drawn from a fixed
+    /// seed rather than pretending the bound holds for every name.
     #[test]
     fn the_busiest_of_ten_members_owns_at_most_1_25_fair_shares_for_almost_every_name() {
-        use rand::SeedableRng;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let fair = 256.0 * 3.0 / 10.0;
-        let mut over = 0;
-        let mut worst: f64 = 0.0;
-        for _ in 0..300 {
-            let prefix: String = (0..8).map(|_| rng.random_range('a'..='z')).collect();
-            let ring = Ring::new(&names(&prefix, 10), 256, 64, 3);
-            let busiest = *load(&ring).iter().max().unwrap_or(&0) as f64 / fair;
-            worst = worst.max(busiest);
-            if busiest > 1.25 {
-                over += 1;
-            }
-        }
+        let (over, worst) = over_seeded_names(7, 1.25, |prefix| {
+            let ring = Ring::new(&names(prefix, 10), 256, 64, 3);
+            *load(&ring).iter().max().unwrap_or(&0) as f64 / fair
+        });
         assert!(over <= 6, "{over} of 300 clusters over 1.25 fair shares");
         assert!(worst <= 1.4, "worst cluster owns {worst} fair shares");
     }
@@ -231,22 +241,13 @@ mod tests {
     /// 1.30). Checked over 300 names from a fixed seed.
     #[test]
     fn adding_an_eleventh_member_moves_about_the_ideal_share_for_almost_every_name() {
-        use rand::SeedableRng;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let ideal = 256.0 * 3.0 / 11.0;
-        let mut over = 0;
-        let mut worst: f64 = 0.0;
-        for _ in 0..300 {
-            let prefix: String = (0..8).map(|_| rng.random_range('a'..='z')).collect();
-            let before = Ring::new(&names(&prefix, 10), 256, 64, 3);
-            let after = Ring::new(&names(&prefix, 11), 256, 64, 3);
+        let (over, worst) = over_seeded_names(11, 1.3, |prefix| {
+            let before = Ring::new(&names(prefix, 10), 256, 64, 3);
+            let after = Ring::new(&names(prefix, 11), 256, 64, 3);
             let moved: usize = before.diff(&after).iter().map(|m| m.gained.len()).sum();
-            let ratio = moved as f64 / ideal;
-            worst = worst.max(ratio);
-            if ratio > 1.3 {
-                over += 1;
-            }
-        }
+            moved as f64 / ideal
+        });
         assert!(
             over <= 6,
             "{over} of 300 clusters moved over 1.3x the ideal"

@@ -27,19 +27,13 @@ async fn prints_exactly_one_listening_line_on_stdout() {
 }
 
 #[tokio::test]
-async fn sigterm_stops_cleanly_with_exit_0() {
-    let mut node = NodeProcess::start(&[]);
-    node.client().put_ok(b"k", b"v", None).await;
-    let status = node.stop_with("TERM");
-    assert_eq!(status.code(), Some(0), "SIGTERM: {status}");
-}
-
-#[tokio::test]
-async fn sigint_stops_cleanly_with_exit_0() {
-    let mut node = NodeProcess::start(&[]);
-    node.client().put_ok(b"k", b"v", None).await;
-    let status = node.stop_with("INT");
-    assert_eq!(status.code(), Some(0), "SIGINT: {status}");
+async fn sigterm_and_sigint_stop_cleanly_with_exit_0() {
+    for signal in ["TERM", "INT"] {
+        let mut node = NodeProcess::start(&[]);
+        node.client().put_ok(b"k", b"v", None).await;
+        let status = node.stop_with(signal);
+        assert_eq!(status.code(), Some(0), "SIG{signal}: {status}");
+    }
 }
 
 #[tokio::test]

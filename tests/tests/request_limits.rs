@@ -93,6 +93,34 @@ async fn connection_after_a_413_is_closed_or_still_usable() {
     );
 }
 
+/// Sends `head`, then `frame` up to 1,024 times (counting `payload` body bytes per frame) while waiting
+/// up to `wait` for the answer. Returns the answer and the body bytes sent when it came.
+async fn stream_until_answered(
+    node: &NodeProcess,
+    head: &[u8],
+    frame: Vec<u8>,
+    payload: u64,
+    wait: Duration,
+) -> (Result<kvcluster_tests::RawResponse, RawError>, u64) {
+    let mut conn = RawConn::connect(node.addr()).await;
+    conn.send(head).await.unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut writer = conn.take_writer();
+    let writer_sent = Arc::clone(&sent);
+    let writer_task = tokio::spawn(async move {
+        for _ in 0..1024 {
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+            writer_sent.fetch_add(payload, Ordering::Relaxed);
+        }
+    });
+    let resp = conn.read_response(wait).await;
+    let sent_at_answer = sent.load(Ordering::Relaxed);
+    writer_task.abort();
+    (resp, sent_at_answer)
+}
+
 #[tokio::test]
 async fn ten_gib_body_is_refused_without_buffering() {
     let node = NodeProcess::start(&[]);
@@ -116,29 +144,16 @@ async fn ten_gib_body_is_refused_without_buffering() {
     assert_eq!(resp.error_body().error, codes::VALUE_TOO_LARGE);
     assert!(elapsed < Duration::from_secs(2), "refusal took {elapsed:?}");
 
-    // The same while the client keeps streaming: refused, memory stays flat.
-    let mut conn = RawConn::connect(node.addr()).await;
-    conn.send(
+    // The same while the client keeps streaming (at most 256 MiB): refused, memory stays flat.
+    let (resp, sent) = stream_until_answered(
+        &node,
         b"PUT /v1/kv/huge2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10737418240\r\n\r\n",
+        vec![b'x'; 256 * 1024],
+        256 * 1024,
+        Duration::from_secs(10),
     )
-    .await
-    .unwrap();
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut writer = conn.take_writer();
-    let writer_sent = Arc::clone(&sent);
-    let writer_task = tokio::spawn(async move {
-        let chunk = vec![b'x'; 256 * 1024];
-        // At most 256 MiB, whatever happens.
-        for _ in 0..1024 {
-            if writer.write_all(&chunk).await.is_err() {
-                break;
-            }
-            writer_sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        }
-    });
-    let resp = conn.read_response(Duration::from_secs(10)).await;
-    writer_task.abort();
-    let sent_mib = sent.load(Ordering::Relaxed) / MIB as u64;
+    .await;
+    let sent_mib = sent / MIB as u64;
     match resp {
         Ok(resp) => {
             assert_eq!(resp.status, 413, "{resp:?}");
@@ -162,30 +177,17 @@ async fn ten_gib_body_is_refused_without_buffering() {
 #[tokio::test]
 async fn chunked_body_growing_past_the_limit_is_refused() {
     let node = NodeProcess::start(&["--max-value-bytes", "1MiB"]);
-    let mut conn = RawConn::connect(node.addr()).await;
-    conn.send(
+    let mut frame = b"10000\r\n".to_vec(); // 64 KiB chunks, at most 64 MiB of body
+    frame.extend(std::iter::repeat_n(b'c', 0x10000));
+    frame.extend_from_slice(b"\r\n");
+    let (resp, sent_at_answer) = stream_until_answered(
+        &node,
         b"PUT /v1/kv/chunky HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        frame,
+        0x10000,
+        Duration::from_secs(15),
     )
-    .await
-    .unwrap();
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut writer = conn.take_writer();
-    let writer_sent = Arc::clone(&sent);
-    let writer_task = tokio::spawn(async move {
-        let mut chunk = b"10000\r\n".to_vec(); // 64 KiB chunks
-        chunk.extend(std::iter::repeat_n(b'c', 0x10000));
-        chunk.extend_from_slice(b"\r\n");
-        // At most 64 MiB of body.
-        for _ in 0..1024 {
-            if writer.write_all(&chunk).await.is_err() {
-                break;
-            }
-            writer_sent.fetch_add(0x10000, Ordering::Relaxed);
-        }
-    });
-    let resp = conn.read_response(Duration::from_secs(15)).await;
-    let sent_at_answer = sent.load(Ordering::Relaxed);
-    writer_task.abort();
+    .await;
     match resp {
         Ok(resp) => {
             assert_eq!(resp.status, 413, "{resp:?}");
