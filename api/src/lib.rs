@@ -75,6 +75,8 @@ pub mod codes {
     pub const BAD_CONFIG: &str = "bad_config";
     /// A cluster config was not newer than the node's current one.
     pub const STALE_EPOCH: &str = "stale_epoch";
+    /// A membership change was asked for while another one is still in progress.
+    pub const TRANSITION_IN_PROGRESS: &str = "transition_in_progress";
     /// The admin token is missing or wrong.
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// A peer message could not be decoded (such as an unknown format version).
@@ -110,6 +112,9 @@ pub const ADMIN_CLUSTER: &str = "/admin/v1/cluster";
 pub const ADMIN_RING: &str = "/admin/v1/ring";
 /// Admin route of this node's view: `GET` gives a [`NodeStatus`].
 pub const ADMIN_STATUS: &str = "/admin/v1/status";
+/// Admin route that makes a node hand off everything it holds: `POST` starts it (idempotent), and
+/// [`NodeStatus::draining`] and [`NodeStatus::hints_pending`] show the progress.
+pub const ADMIN_DRAIN: &str = "/admin/v1/drain";
 
 /// One member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +144,30 @@ pub struct ClusterConfig {
     pub partitions: u32,
     /// Tokens per member on the hash ring.
     pub vnodes: u32,
+    /// Sloppy quorum: when a replica is unreachable, a write may count a hint stored on a healthy
+    /// node outside the preference list. `false` is strict quorum: only real replicas count.
+    #[serde(default = "sloppy_quorum_default")]
+    pub sloppy_quorum: bool,
+    /// The ring being left while a membership change is in progress; `None` when the ring is settled.
+    /// Nodes set it themselves when they accept a config whose members or N differ from theirs, and
+    /// clear it (with a new epoch) once every moved partition is complete on its new owners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition_from: Option<PriorRing>,
+}
+
+fn sloppy_quorum_default() -> bool {
+    true
+}
+
+/// The ring a transition moves away from: who held the data before, with which N.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorRing {
+    /// Epoch of the last config of the old ring.
+    pub epoch: u64,
+    /// Members of the old ring.
+    pub members: Vec<Member>,
+    /// Replicas per key in the old ring.
+    pub n: u32,
 }
 
 impl ClusterConfig {
@@ -147,9 +176,6 @@ impl ClusterConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.cluster.is_empty() {
             return Err("cluster name is empty".into());
-        }
-        if self.members.is_empty() {
-            return Err("a cluster needs at least one member".into());
         }
         if self.n == 0 {
             return Err("n must be at least 1".into());
@@ -169,24 +195,55 @@ impl ClusterConfig {
         if self.vnodes == 0 || self.vnodes > 4096 {
             return Err(format!("vnodes must be 1..=4096, got {}", self.vnodes));
         }
-        for (i, m) in self.members.iter().enumerate() {
-            if m.id.is_empty() || m.address.is_empty() {
-                return Err(format!("member {i} has an empty id or address"));
-            }
-            if self.members[..i]
-                .iter()
-                .any(|o| o.id == m.id || o.address == m.address)
-            {
-                return Err(format!("member {} appears twice", m.id));
+        validate_members(&self.members)?;
+        if let Some(prior) = &self.transition_from {
+            validate_members(&prior.members).map_err(|e| format!("transition_from: {e}"))?;
+            if prior.n == 0 || prior.epoch >= self.epoch {
+                return Err(format!(
+                    "transition_from must have n >= 1 and an epoch below {}",
+                    self.epoch
+                ));
             }
         }
         Ok(())
+    }
+
+    /// Whether a membership change is in progress.
+    pub fn in_transition(&self) -> bool {
+        self.transition_from.is_some()
+    }
+
+    /// The member with id `id`, in the current ring or the one being left.
+    pub fn any_member(&self, id: &str) -> Option<&Member> {
+        self.member(id).or_else(|| {
+            self.transition_from
+                .as_ref()
+                .and_then(|p| p.members.iter().find(|m| m.id == id))
+        })
     }
 
     /// The member with id `id`, if it is one.
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.id == id)
     }
+}
+
+fn validate_members(members: &[Member]) -> Result<(), String> {
+    if members.is_empty() {
+        return Err("a cluster needs at least one member".into());
+    }
+    for (i, m) in members.iter().enumerate() {
+        if m.id.is_empty() || m.address.is_empty() {
+            return Err(format!("member {i} has an empty id or address"));
+        }
+        if members[..i]
+            .iter()
+            .any(|o| o.id == m.id || o.address == m.address)
+        {
+            return Err(format!("member {} appears twice", m.id));
+        }
+    }
+    Ok(())
 }
 
 /// `GET /admin/v1/ring`: the preference list of every partition under the node's current config.
@@ -218,6 +275,45 @@ pub struct NodeStatus {
     pub config: ClusterConfig,
     /// Liveness of every other member, as this node sees it.
     pub peers: Vec<PeerStatus>,
+    /// Hints this node holds for other nodes, not yet delivered.
+    #[serde(default)]
+    pub hints_pending: u64,
+    /// Whether `POST /admin/v1/drain` was called: the node delivers its hints at once.
+    #[serde(default)]
+    pub draining: bool,
+    /// This node's part of the membership change in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferStatus>,
+}
+
+/// What one node still has to receive during a membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    /// Epoch of the ring being left.
+    pub from_epoch: u64,
+    /// Epoch of the config that started the change.
+    pub to_epoch: u64,
+    /// Partitions this node gains in the change.
+    pub partitions_total: u32,
+    /// Of those, the ones complete here.
+    pub partitions_done: u32,
+    /// Keys received so far, over all partitions.
+    pub keys_received: u64,
+    /// Bytes of records received so far, over all partitions.
+    pub bytes_received: u64,
+    /// Per-partition progress of the partitions not yet complete.
+    pub pending: Vec<PartitionTransfer>,
+}
+
+/// Progress of one partition a node gains in a membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionTransfer {
+    /// The partition.
+    pub partition: u32,
+    /// Old owners this node must synchronise the partition with.
+    pub sources: Vec<String>,
+    /// Old owners it has synchronised with so far.
+    pub synced: Vec<String>,
 }
 
 /// Liveness of one peer in a [`NodeStatus`].

@@ -545,6 +545,9 @@ async fn admin_status(State(node): State<Arc<Node>>, request: Request) -> Respon
         node_id,
         config: view.config.clone(),
         peers: node.membership.peer_statuses(),
+        hints_pending: 0,
+        draining: false,
+        transfer: None,
     })
     .into_response()
 }

@@ -94,6 +94,8 @@ impl Membership {
                 r: 1,
                 partitions,
                 vnodes: DEFAULT_VNODES,
+                sloppy_quorum: true,
+                transition_from: None,
             },
         };
         config.validate().map_err(Error::BadConfig)?;
@@ -274,6 +276,8 @@ mod tests {
             r: 1,
             partitions: 256,
             vnodes: 64,
+            sloppy_quorum: true,
+            transition_from: None,
         }
     }
 

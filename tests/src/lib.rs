@@ -1107,6 +1107,8 @@ impl Cluster {
             r,
             partitions: 256,
             vnodes: 64,
+            sloppy_quorum: true,
+            transition_from: None,
         };
         let config_dir = tempfile::Builder::new()
             .prefix("kvcluster-test-")

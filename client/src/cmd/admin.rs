@@ -240,6 +240,8 @@ mod tests {
                 r: 2,
                 partitions: 256,
                 vnodes: 64,
+                sloppy_quorum: true,
+                transition_from: None,
             },
             peers: vec![
                 PeerStatus {
@@ -255,6 +257,9 @@ mod tests {
                     last_seen_ms_ago: None,
                 },
             ],
+            hints_pending: 0,
+            draining: false,
+            transfer: None,
         };
         let text = format_status(&status);
         assert!(text.starts_with("node kv-0\ncluster \"local\", epoch 2, N=3 W=2 R=2"));

@@ -104,6 +104,8 @@ pub(crate) fn local_config(cluster: &str, nodes: u16, port: u16) -> Result<Clust
         r: quorum,
         partitions: LOCAL_PARTITIONS,
         vnodes: LOCAL_VNODES,
+        sloppy_quorum: true,
+        transition_from: None,
     };
     config.validate()?;
     Ok(config)
