@@ -1,8 +1,8 @@
 //! Prometheus metrics of the node, all prefixed `kv_`, in one registry per process.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// The node's metrics. Cheap to share behind an `Arc`; every handle is internally atomic.
@@ -28,6 +28,28 @@ pub struct Metrics {
     pub read_repairs: IntCounter,
     /// RocksDB's estimate of live object data, refreshed at each scrape.
     pub storage_live_data_bytes: IntGauge,
+    /// Hints held for other nodes, not yet delivered.
+    pub hints_pending: IntGauge,
+    /// Hints stored here for another node (sloppy quorum).
+    pub hints_stored: IntCounter,
+    /// Hints delivered to (and acknowledged by) their target.
+    pub hints_delivered: IntCounter,
+    /// Merkle summaries compared with a peer's, by `outcome` (equal, differing, failed).
+    pub antientropy_compared: IntCounterVec,
+    /// Keys whose local or remote state changed through anti-entropy or a transfer.
+    pub antientropy_keys_repaired: IntCounter,
+    /// Unix time at which the last complete anti-entropy sweep ended.
+    pub antientropy_last_sweep: Gauge,
+    /// Duration of the last complete anti-entropy sweep.
+    pub antientropy_sweep_seconds: Gauge,
+    /// Keys received for partitions this node gains in a membership change.
+    pub transfer_keys_received: IntCounter,
+    /// Record bytes received for partitions this node gains in a membership change.
+    pub transfer_bytes_received: IntCounter,
+    /// Partitions this node still has to receive in the membership change in progress.
+    pub transfer_partitions_pending: IntGauge,
+    /// Tombstones purged after every owner held them for the grace period.
+    pub tombstones_purged: IntCounter,
 }
 
 impl Metrics {
@@ -84,9 +106,56 @@ impl Metrics {
                     "kv_storage_live_data_bytes",
                     "RocksDB estimate of live object data in bytes.",
                 )?,
+                hints_pending: IntGauge::new(
+                    "kv_hints_pending",
+                    "Hints held for other nodes, not yet delivered.",
+                )?,
+                hints_stored: IntCounter::new(
+                    "kv_hints_stored_total",
+                    "Hints stored here for an unreachable replica.",
+                )?,
+                hints_delivered: IntCounter::new(
+                    "kv_hints_delivered_total",
+                    "Hints delivered to and acknowledged by their target.",
+                )?,
+                antientropy_compared: IntCounterVec::new(
+                    Opts::new(
+                        "kv_antientropy_trees_compared_total",
+                        "Merkle summaries compared with a peer, by outcome.",
+                    ),
+                    &["outcome"],
+                )?,
+                antientropy_keys_repaired: IntCounter::new(
+                    "kv_antientropy_keys_repaired_total",
+                    "Keys changed on either side by anti-entropy or a transfer.",
+                )?,
+                antientropy_last_sweep: Gauge::new(
+                    "kv_antientropy_last_sweep_timestamp_seconds",
+                    "Unix time at which the last complete anti-entropy sweep ended.",
+                )?,
+                antientropy_sweep_seconds: Gauge::new(
+                    "kv_antientropy_sweep_duration_seconds",
+                    "Duration of the last complete anti-entropy sweep.",
+                )?,
+                transfer_keys_received: IntCounter::new(
+                    "kv_transfer_keys_received_total",
+                    "Keys received for partitions gained in a membership change.",
+                )?,
+                transfer_bytes_received: IntCounter::new(
+                    "kv_transfer_bytes_received_total",
+                    "Record bytes received for partitions gained in a membership change.",
+                )?,
+                transfer_partitions_pending: IntGauge::new(
+                    "kv_transfer_partitions_pending",
+                    "Partitions still to receive in the membership change in progress.",
+                )?,
+                tombstones_purged: IntCounter::new(
+                    "kv_tombstones_purged_total",
+                    "Tombstones purged after every owner held them for the grace period.",
+                )?,
                 registry,
             };
-            let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
                 Box::new(m.requests.clone()),
                 Box::new(m.request_duration.clone()),
                 Box::new(m.cache_hits.clone()),
@@ -97,6 +166,17 @@ impl Metrics {
                 Box::new(m.quorum_failures.clone()),
                 Box::new(m.read_repairs.clone()),
                 Box::new(m.storage_live_data_bytes.clone()),
+                Box::new(m.hints_pending.clone()),
+                Box::new(m.hints_stored.clone()),
+                Box::new(m.hints_delivered.clone()),
+                Box::new(m.antientropy_compared.clone()),
+                Box::new(m.antientropy_keys_repaired.clone()),
+                Box::new(m.antientropy_last_sweep.clone()),
+                Box::new(m.antientropy_sweep_seconds.clone()),
+                Box::new(m.transfer_keys_received.clone()),
+                Box::new(m.transfer_bytes_received.clone()),
+                Box::new(m.transfer_partitions_pending.clone()),
+                Box::new(m.tombstones_purged.clone()),
             ];
             for collector in collectors {
                 m.registry.register(collector)?;
@@ -156,6 +236,12 @@ mod tests {
             "kv_sibling_cap_rejections_total",
             "kv_storage_live_data_bytes",
             "kv_read_repairs_total",
+            "kv_hints_pending",
+            "kv_hints_delivered_total",
+            "kv_antientropy_keys_repaired_total",
+            "kv_antientropy_last_sweep_timestamp_seconds",
+            "kv_transfer_partitions_pending",
+            "kv_tombstones_purged_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

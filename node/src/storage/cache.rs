@@ -74,6 +74,32 @@ impl ObjectCache {
         }
         self.metrics.cache_size_bytes.set(inner.bytes as i64);
     }
+
+    /// Drops every key starting with `prefix` (a partition's range) from the cache.
+    pub fn remove_prefix(&self, prefix: &[u8]) {
+        let mut inner = self.inner.lock();
+        let doomed: Vec<Vec<u8>> = inner
+            .entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in doomed {
+            if let Some((_, old)) = inner.entries.pop(&key) {
+                inner.bytes -= old;
+            }
+        }
+        self.metrics.cache_size_bytes.set(inner.bytes as i64);
+    }
+
+    /// Drops `key` from the cache.
+    pub fn remove(&self, key: &[u8]) {
+        let mut inner = self.inner.lock();
+        if let Some((_, old)) = inner.entries.pop(key) {
+            inner.bytes -= old;
+        }
+        self.metrics.cache_size_bytes.set(inner.bytes as i64);
+    }
 }
 
 fn weight(key: &[u8], set: &SiblingSet) -> usize {

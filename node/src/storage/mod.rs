@@ -2,11 +2,15 @@
 //!
 //! Layout: column family [`OBJECTS_CF`] maps [`record_key`] (`partition` as big-endian `u16`, then the
 //! key) to an encoded sibling set, so a partition is one contiguous key range. Column family [`META_CF`]
-//! holds node-local facts such as the data directory's incarnation. Everything here is blocking: the
+//! holds node-local facts such as the data directory's incarnation and transfer progress;
+//! [`HINTS_CF`] holds hints for other nodes ([`hints`]). Partition scans and Merkle summaries are in
+//! [`scan`]. Everything here is blocking: the
 //! async layers call it from `spawn_blocking`. This module knows nothing about HTTP or quorums.
 
 pub mod cache;
 pub mod codec;
+pub mod hints;
+pub mod scan;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +26,8 @@ use cache::ObjectCache;
 pub const OBJECTS_CF: &str = "objects";
 /// Column family of node-local metadata.
 pub const META_CF: &str = "meta";
+/// Column family of hints held for other nodes.
+pub const HINTS_CF: &str = "hints";
 /// Subdirectory of the data directory that holds RocksDB's files.
 pub const DB_DIR: &str = "db";
 
@@ -52,6 +58,7 @@ pub struct Storage {
     cache: ObjectCache,
     write_options: WriteOptions,
     incarnation: u32,
+    hints: hints::HintLedger,
 }
 
 impl Storage {
@@ -74,16 +81,19 @@ impl Storage {
             [
                 ColumnFamilyDescriptor::new(OBJECTS_CF, objects),
                 ColumnFamilyDescriptor::new(META_CF, Options::default()),
+                ColumnFamilyDescriptor::new(HINTS_CF, Options::default()),
             ],
         )?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(durability == Durability::Fsync);
         let incarnation = load_or_create_incarnation(&db)?;
+        let hints = hints::HintLedger::load(&db, metrics.clone())?;
         Ok(Storage {
             db,
             cache: ObjectCache::new(cache_bytes, metrics),
             write_options,
             incarnation,
+            hints,
         })
     }
 
@@ -149,6 +159,32 @@ impl Storage {
             &self.write_options,
         )?;
         self.cache.insert(rkey, set);
+        Ok(())
+    }
+
+    /// Deletes `key` (tombstone garbage collection); the caller holds the key's write lock.
+    pub fn remove(&self, partition: u16, key: &[u8]) -> Result<(), Error> {
+        let rkey = record_key(partition, key);
+        self.db
+            .delete_cf_opt(self.cf(OBJECTS_CF)?, &rkey, &self.write_options)?;
+        self.cache.remove(&rkey);
+        Ok(())
+    }
+
+    /// Reads a node-local metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.cf(META_CF)?, key)?)
+    }
+
+    /// Writes (synced) or, with `None`, deletes a node-local metadata value.
+    pub fn set_meta(&self, key: &str, value: Option<&[u8]>) -> Result<(), Error> {
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let meta = self.cf(META_CF)?;
+        match value {
+            Some(v) => self.db.put_cf_opt(meta, key, v, &sync)?,
+            None => self.db.delete_cf_opt(meta, key, &sync)?,
+        }
         Ok(())
     }
 
