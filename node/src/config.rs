@@ -99,6 +99,20 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: Duration,
 
+    /// Pause between anti-entropy sweeps, in which each partition is compared with its other
+    /// replicas; `0s` turns periodic sweeps off (membership changes still transfer data).
+    #[arg(long, env = "KVNODE_ANTI_ENTROPY_INTERVAL", default_value = "30s")]
+    pub anti_entropy_interval: Duration,
+
+    /// Pause after each partition of an anti-entropy sweep, bounding the CPU a sweep takes.
+    #[arg(long, env = "KVNODE_ANTI_ENTROPY_PACE", default_value = "5ms")]
+    pub anti_entropy_pace: Duration,
+
+    /// How long a tombstone is kept after every replica holds it, before it is purged. Keep it
+    /// above the longest time a node may be down with hints still waiting for it.
+    #[arg(long, env = "KVNODE_TOMBSTONE_GRACE", default_value = "1h")]
+    pub tombstone_grace: Duration,
+
     /// TOML file with defaults for any of the flags above.
     #[arg(long, env = "KVNODE_CONFIG")]
     pub config: Option<PathBuf>,

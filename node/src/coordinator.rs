@@ -5,6 +5,8 @@
 //! acknowledgements (itself included). A node outside the list forwards the write to a live member.
 //! Reads ask every replica in the list (any node can coordinate a read), answer after R replies with the
 //! merged state, and send the merged state back to replicas that were missing some of it (read repair).
+//! During a membership change a key has two replica sets, the old ring's and the new one's: requests
+//! go to both, and each set must reach its quorum on its own.
 //! Replication RPCs run as their own tasks, so the replicas past the quorum still get the write after
 //! the client has its answer.
 
@@ -16,11 +18,13 @@ use tokio::time::Instant;
 
 use crate::causality::{SiblingSet, VersionVector};
 use crate::error::Error;
+use crate::handoff::Handoff;
 use crate::membership::{Membership, View};
 use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::ring::partition_of;
-use crate::rpc::{RequestBody, ResponseBody, RpcClient};
+use crate::rpc::{RequestBody, ResponseBody, RpcClient, remaining};
+use crate::storage::hints::Hint;
 
 /// Time reserved at the end of a deadline to answer 503 with the replies counted, before the
 /// request's own 504 fires.
@@ -31,7 +35,50 @@ pub struct Coordinator {
     membership: Arc<Membership>,
     replica: Arc<Replica>,
     rpc: Arc<RpcClient>,
+    handoff: Arc<Handoff>,
     metrics: Arc<Metrics>,
+}
+
+/// Acknowledgements counted per replica set: a quorum is met when every set has its own.
+struct Tally {
+    sets: Vec<Vec<String>>,
+    required: Vec<u32>,
+    acks: Vec<u32>,
+}
+
+impl Tally {
+    /// Needs `quorum` acknowledgements from each of `sets` (fewer for a set with fewer members).
+    fn new(sets: Vec<Vec<String>>, quorum: u32) -> Self {
+        let required = sets.iter().map(|s| quorum.min(s.len() as u32)).collect();
+        let acks = vec![0; sets.len()];
+        Tally {
+            sets,
+            required,
+            acks,
+        }
+    }
+
+    /// Counts `replica`'s acknowledgement in every set it belongs to.
+    fn ack(&mut self, replica: &str) {
+        for (set, acks) in self.sets.iter().zip(&mut self.acks) {
+            if set.iter().any(|m| m == replica) {
+                *acks += 1;
+            }
+        }
+    }
+
+    fn met(&self) -> bool {
+        self.shortfall().is_none()
+    }
+
+    /// The error for the first set short of its quorum, if any is.
+    fn shortfall(&self) -> Option<Error> {
+        self.acks
+            .iter()
+            .zip(&self.required)
+            .find(|(acks, required)| acks < required)
+            .map(|(&replied, &required)| Error::QuorumNotReached { replied, required })
+    }
 }
 
 /// One replica's answer to a read.
@@ -43,28 +90,32 @@ impl Coordinator {
         membership: Arc<Membership>,
         replica: Arc<Replica>,
         rpc: Arc<RpcClient>,
+        handoff: Arc<Handoff>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Coordinator {
             membership,
             replica,
             rpc,
+            handoff,
             metrics,
         }
     }
 
     /// Reads `key` from its replicas and returns the merged state once `r` (or the cluster's R) have
-    /// answered; fails with `QuorumNotReached` when they cannot before `deadline`.
+    /// answered in every replica set; fails with `QuorumNotReached` when they cannot before
+    /// `deadline`. During a transition both the old and the new preference list must reach R.
     pub async fn read(
         &self,
         key: Arc<[u8]>,
         r: Option<u32>,
         deadline: Instant,
     ) -> Result<Arc<SiblingSet>, Error> {
-        let (view, partition, replicas) = self.placement(&key);
-        let required = r.unwrap_or(view.config.r).min(replicas.len() as u32);
-        let (tx, mut rx) = mpsc::channel::<ReadReply>(replicas.len().max(1));
-        for replica in &replicas {
+        let (view, partition) = self.placement(&key);
+        let owners = view.owners(partition);
+        let mut tally = Tally::new(view.replica_sets(partition), r.unwrap_or(view.config.r));
+        let (tx, mut rx) = mpsc::channel::<ReadReply>(owners.len().max(1));
+        for replica in &owners {
             let tx = tx.clone();
             let replica = replica.clone();
             let local = self.replica.clone();
@@ -81,7 +132,7 @@ impl Coordinator {
                     };
                     match rpc.call(&replica, body, remaining(deadline)).await {
                         Ok(ResponseBody::State(set)) => Ok(Arc::new(set)),
-                        Ok(other) => Err(unexpected(&other)),
+                        Ok(other) => Err(other.unexpected()),
                         Err(e) => Err(e),
                     }
                 };
@@ -95,10 +146,11 @@ impl Coordinator {
         let mut data_error = None;
         let mut answered = 0;
         let cutoff = deadline.checked_sub(ANSWER_MARGIN).unwrap_or(deadline);
-        while (replies.len() as u32) < required && answered < replicas.len() {
+        while !tally.met() && answered < owners.len() {
             match tokio::time::timeout_at(cutoff, rx.recv()).await {
                 Ok(Some((replica, Ok(set)))) => {
                     answered += 1;
+                    tally.ack(&replica);
                     replies.push((replica, set));
                 }
                 Ok(Some((replica, Err(e)))) => {
@@ -111,15 +163,12 @@ impl Coordinator {
                 Ok(None) | Err(_) => break,
             }
         }
-        if (replies.len() as u32) < required {
+        if let Some(missed) = tally.shortfall() {
             self.metrics
                 .quorum_failures
                 .with_label_values(&["read"])
                 .inc();
-            return Err(data_error.unwrap_or(Error::QuorumNotReached {
-                replied: replies.len() as u32,
-                required,
-            }));
+            return Err(data_error.unwrap_or(missed));
         }
         let mut merged = SiblingSet::default();
         for (_, set) in &replies {
@@ -131,8 +180,10 @@ impl Coordinator {
     }
 
     /// Writes `value` (`None` deletes) with the client's `context`, and returns the key's new state
-    /// once `w` (or the cluster's W) replicas hold it. A write that a peer `forwarded` here is never
-    /// forwarded again, so two nodes with different configs cannot bounce it between them.
+    /// once `w` (or the cluster's W) replicas of every replica set hold it. An unreachable replica is
+    /// replaced by a fallback node holding a hint for it (sloppy quorum) unless the cluster is set to
+    /// strict quorum. A write that a peer `forwarded` here is never forwarded again, so two nodes
+    /// with different configs cannot bounce it between them.
     pub async fn write(
         &self,
         key: Arc<[u8]>,
@@ -142,9 +193,10 @@ impl Coordinator {
         deadline: Instant,
         forwarded: bool,
     ) -> Result<Arc<SiblingSet>, Error> {
-        let (view, partition, replicas) = self.placement(&key);
+        let (view, partition) = self.placement(&key);
+        let owners = view.owners(partition);
         let me = self.membership.node_id();
-        if !replicas.iter().any(|r| r == me) {
+        if !owners.iter().any(|r| r == me) {
             if forwarded {
                 return Err(Error::Unavailable(format!(
                     "{me} is not a replica of this key at epoch {}",
@@ -152,69 +204,72 @@ impl Coordinator {
                 )));
             }
             return self
-                .forward_write(&replicas, key, context, value, w, deadline)
+                .forward_write(&owners, key, context, value, w, deadline)
                 .await;
         }
-        let required = w.unwrap_or(view.config.w).min(replicas.len() as u32);
+        let mut tally = Tally::new(view.replica_sets(partition), w.unwrap_or(view.config.w));
         let state = self
             .replica
             .write(partition, key.clone(), context, value)
             .await?;
-        let (tx, mut rx) = mpsc::channel::<Result<(), Error>>(replicas.len());
-        for replica in replicas.iter().filter(|r| *r != me) {
+        tally.ack(me);
+        let fallbacks: Vec<String> = if view.config.sloppy_quorum {
+            let mut f: Vec<String> = view
+                .ring
+                .fallbacks(partition)
+                .filter(|m| !owners.iter().any(|o| o == m))
+                .map(String::from)
+                .collect();
+            // Live fallbacks first, in ring order.
+            f.sort_by_key(|m| !self.membership.is_alive(m));
+            f
+        } else {
+            Vec::new()
+        };
+        let fallbacks = Arc::new(parking_lot::Mutex::new(fallbacks.into_iter()));
+        let (tx, mut rx) = mpsc::channel::<(String, bool)>(owners.len());
+        for replica in owners.iter().filter(|r| *r != me) {
             let tx = tx.clone();
             let replica = replica.clone();
-            let rpc = self.rpc.clone();
-            let body = RequestBody::Merge {
+            let handoff = self.handoff.clone();
+            let fallbacks = fallbacks.clone();
+            let sloppy = view.config.sloppy_quorum;
+            let hint = Hint {
                 partition,
                 key: key.to_vec(),
                 set: SiblingSet::clone(&state),
             };
             tokio::spawn(async move {
-                let result = match rpc.call(&replica, body, remaining(deadline)).await {
-                    Ok(ResponseBody::Merged) => Ok(()),
-                    Ok(other) => Err(unexpected(&other)),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = &result {
-                    tracing::debug!(%replica, error = %e, "replication failed");
-                }
-                let _ = tx.send(result).await;
+                let stored = handoff
+                    .replicate(&replica, hint, sloppy, &fallbacks, deadline)
+                    .await;
+                let _ = tx.send((replica, stored)).await;
             });
         }
         drop(tx);
-        let mut acks = 1;
         let cutoff = deadline.checked_sub(ANSWER_MARGIN).unwrap_or(deadline);
-        while acks < required {
+        while !tally.met() {
             match tokio::time::timeout_at(cutoff, rx.recv()).await {
-                Ok(Some(Ok(()))) => acks += 1,
-                Ok(Some(Err(_))) => {}
+                Ok(Some((replica, true))) => tally.ack(&replica),
+                Ok(Some((_, false))) => {}
                 Ok(None) | Err(_) => break,
             }
         }
-        if acks < required {
+        if let Some(missed) = tally.shortfall() {
             self.metrics
                 .quorum_failures
                 .with_label_values(&["write"])
                 .inc();
-            return Err(Error::QuorumNotReached {
-                replied: acks,
-                required,
-            });
+            return Err(missed);
         }
         Ok(state)
     }
 
-    /// The current view, the key's partition and its preference list under that view.
-    fn placement(&self, key: &[u8]) -> (Arc<View>, u16, Vec<String>) {
+    /// The current view and the key's partition under it.
+    fn placement(&self, key: &[u8]) -> (Arc<View>, u16) {
         let view = self.membership.view();
         let partition = partition_of(key, view.config.partitions);
-        let replicas = view
-            .ring
-            .preference_list(partition)
-            .map(String::from)
-            .collect();
-        (view, partition, replicas)
+        (view, partition)
     }
 
     /// Sends a write to the first reachable member of the key's preference list.
@@ -250,7 +305,7 @@ impl Coordinator {
                         body: error,
                     });
                 }
-                Ok(other) => last_error = unexpected(&other),
+                Ok(other) => last_error = other.unexpected(),
                 // Unreachable coordinators are skipped; the write never reached them.
                 Err(e @ (Error::PeerUnavailable(_) | Error::Rpc(_))) => last_error = e,
                 Err(e) => return Err(e),
@@ -305,19 +360,5 @@ impl Coordinator {
                 }
             }
         });
-    }
-}
-
-fn remaining(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
-}
-
-fn unexpected(body: &ResponseBody) -> Error {
-    match body {
-        ResponseBody::Failed { status, error } => Error::Remote {
-            status: *status,
-            body: error.clone(),
-        },
-        other => Error::Rpc(format!("unexpected answer {other:?}")),
     }
 }

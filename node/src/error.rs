@@ -95,6 +95,13 @@ pub enum Error {
         /// Epoch in force.
         current: u64,
     },
+    /// A membership change was asked for while another is in progress.
+    #[error("membership change in progress: {0}")]
+    TransitionInProgress(String),
+    /// A peer sent a replica operation for a partition this node does not hold at its epoch: the
+    /// sender follows an older config.
+    #[error("not an owner: {0}")]
+    NotOwner(String),
     /// The admin token is missing or wrong.
     #[error("admin token missing or wrong")]
     Unauthorized,

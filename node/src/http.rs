@@ -26,9 +26,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 
+use crate::antientropy::PAGE_BYTES;
 use crate::causality::{SiblingSet, VersionVector, decode_context, encode_context};
 use crate::coordinator::Coordinator;
 use crate::error::Error;
+use crate::handoff::Handoff;
+use crate::handoff::transfer::Transfers;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
@@ -47,6 +50,10 @@ pub struct Node {
     pub membership: Arc<Membership>,
     /// Peer client, to catch up with a peer that announces a newer epoch.
     pub rpc: Arc<RpcClient>,
+    /// Hints held and delivered for other nodes.
+    pub handoff: Arc<Handoff>,
+    /// Partitions received during membership changes.
+    pub transfers: Arc<Transfers>,
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
     /// Largest accepted value, in bytes.
@@ -86,6 +93,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(kvapi::ADMIN_CLUSTER, any(admin_cluster))
         .route(kvapi::ADMIN_RING, any(admin_ring))
         .route(kvapi::ADMIN_STATUS, any(admin_status))
+        .route(kvapi::ADMIN_DRAIN, any(admin_drain))
         .route(rpc::RPC_PATH, any(peer_rpc))
         .fallback(no_route)
         .with_state(node)
@@ -486,7 +494,7 @@ async fn admin_cluster(State(node): State<Arc<Node>>, request: Request) -> Respo
                 let config: kvapi::ClusterConfig = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::BadConfig(format!("not a cluster config: {e}")))?;
                 let offered = config.epoch;
-                if node.membership.install(config)? {
+                if node.membership.propose(config)? {
                     Ok(axum::Json(node.membership.view().config.clone()).into_response())
                 } else {
                     Err(Error::StaleEpoch {
@@ -530,6 +538,21 @@ async fn admin_ring(State(node): State<Arc<Node>>, request: Request) -> Response
     .into_response()
 }
 
+/// This node's view of the cluster, its hints and its transfers.
+fn node_status(node: &Node) -> kvapi::NodeStatus {
+    let view = node.membership.view();
+    let node_id = node.membership.node_id().to_string();
+    kvapi::NodeStatus {
+        member: view.config.member(&node_id).is_some(),
+        node_id,
+        config: view.config.clone(),
+        peers: node.membership.peer_statuses(),
+        hints_pending: node.replica.storage().hints_pending(),
+        draining: node.handoff.draining(),
+        transfer: node.transfers.status(),
+    }
+}
+
 /// `GET`: this node's view of the cluster.
 async fn admin_status(State(node): State<Arc<Node>>, request: Request) -> Response {
     if let Err(e) = authorize(&node, request.headers()) {
@@ -538,18 +561,23 @@ async fn admin_status(State(node): State<Arc<Node>>, request: Request) -> Respon
     if request.method() != Method::GET {
         return method_not_allowed(request.method());
     }
-    let view = node.membership.view();
-    let node_id = node.membership.node_id().to_string();
-    axum::Json(kvapi::NodeStatus {
-        member: view.config.member(&node_id).is_some(),
-        node_id,
-        config: view.config.clone(),
-        peers: node.membership.peer_statuses(),
-        hints_pending: 0,
-        draining: false,
-        transfer: None,
-    })
-    .into_response()
+    axum::Json(node_status(&node)).into_response()
+}
+
+/// `POST`: start handing off everything this node holds (hints at once); answers 202 with the
+/// status, in which `draining` and `hints_pending` show the progress.
+async fn admin_drain(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if let Err(e) = authorize(&node, request.headers()) {
+        return error_response(&e);
+    }
+    if request.method() != Method::POST {
+        return error_response(&Error::MethodNotAllowed {
+            method: request.method().to_string(),
+            allow: "POST",
+        });
+    }
+    node.handoff.drain();
+    (StatusCode::ACCEPTED, axum::Json(node_status(&node))).into_response()
 }
 
 fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Error> {
@@ -585,9 +613,10 @@ async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) -> Response {
                 message.cluster, view.config.cluster
             )));
         }
-        if view.config.member(&message.sender).is_some() {
+        if view.config.any_member(&message.sender).is_some() {
             // A message from a peer proves it is up: end its backoff now rather than at the next ping.
-            node.membership.record_success(&message.sender);
+            node.membership
+                .record_success(&message.sender, message.epoch);
         }
         if message.epoch > view.config.epoch {
             node.rpc.catch_up(&message.sender);
@@ -617,11 +646,64 @@ async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
             partition,
             key,
             set,
-        } => node
-            .replica
-            .merge(partition, key.into(), set)
+        } => match check_owner(node, partition) {
+            Ok(()) => node
+                .replica
+                .merge(partition, key.into(), set)
+                .await
+                .map(|_| ResponseBody::Merged),
+            Err(e) => Err(e),
+        },
+        RequestBody::MergeBatch { partition, records } => match check_owner(node, partition) {
+            Ok(()) => node
+                .replica
+                .merge_many(partition, records)
+                .await
+                .map(ResponseBody::Changed),
+            Err(e) => Err(e),
+        },
+        RequestBody::StoreHint { target, hint } => node
+            .handoff
+            .store(target, hint)
             .await
-            .map(|_| ResponseBody::Merged),
+            .map(|()| ResponseBody::Merged),
+        RequestBody::DeliverHints(hints) => node
+            .handoff
+            .accept(hints)
+            .await
+            .map(|()| ResponseBody::Merged),
+        RequestBody::Summary { partition } => node
+            .replica
+            .with_storage(move |s| s.summary(partition))
+            .await
+            .map(|summary| ResponseBody::Summary(summary.leaves)),
+        RequestBody::FetchSegments {
+            partition,
+            segments,
+            after,
+            max_bytes,
+        } => {
+            // A peer's budget is honoured up to a few pages, so no answer grows without bound.
+            let budget = max_bytes.min(4 * PAGE_BYTES) as usize;
+            node.replica
+                .with_storage(move |s| {
+                    s.scan_segments(partition, &segments, after.as_deref(), budget)
+                })
+                .await
+                .map(|page| ResponseBody::Records {
+                    records: page.records,
+                    next: page.next,
+                })
+        }
+        RequestBody::PurgeTombstones { partition, keys } => node
+            .replica
+            .purge_tombstones(partition, keys)
+            .await
+            .map(ResponseBody::Changed),
+        RequestBody::TransferProgress => {
+            let (epoch, done) = node.transfers.progress();
+            Ok(ResponseBody::Progress { epoch, done })
+        }
         RequestBody::Coordinate {
             key,
             context,
@@ -644,6 +726,21 @@ async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
             error,
         }
     })
+}
+
+/// Refuses replica writes for a partition this node does not hold at its epoch: the sender follows
+/// an older config, and the answer's epoch makes it catch up.
+fn check_owner(node: &Node, partition: u16) -> Result<(), Error> {
+    let view = node.membership.view();
+    if view.is_owner(node.membership.node_id(), partition) {
+        Ok(())
+    } else {
+        Err(Error::NotOwner(format!(
+            "{} does not hold partition {partition} at epoch {}",
+            node.membership.node_id(),
+            view.config.epoch
+        )))
+    }
 }
 
 async fn no_route(request: Request) -> Response {
@@ -683,7 +780,8 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
             (StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED)
         }
         Error::TooManySiblings { .. } => (StatusCode::CONFLICT, codes::TOO_MANY_SIBLINGS),
-        Error::StaleEpoch { .. } => (StatusCode::CONFLICT, codes::STALE_EPOCH),
+        Error::StaleEpoch { .. } | Error::NotOwner(_) => (StatusCode::CONFLICT, codes::STALE_EPOCH),
+        Error::TransitionInProgress(_) => (StatusCode::CONFLICT, codes::TRANSITION_IN_PROGRESS),
         Error::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::VALUE_TOO_LARGE),
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, codes::DEADLINE_EXCEEDED),
         Error::QuorumNotReached { .. } => {

@@ -5,10 +5,12 @@
 //! [`storage`] persists it. [`membership`] holds the cluster config and [`ring`] places partitions;
 //! [`metrics`] and [`config`] serve every layer. No module reaches back up.
 
+pub mod antientropy;
 pub mod causality;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod handoff;
 pub mod http;
 pub mod membership;
 pub mod metrics;
@@ -23,9 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 
+use crate::antientropy::AntiEntropy;
 use crate::config::NodeConfig;
 use crate::coordinator::Coordinator;
 use crate::error::Error;
+use crate::handoff::Handoff;
+use crate::handoff::transfer::Transfers;
 use crate::http::{ConnectionLimits, Node};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
@@ -63,18 +68,61 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         config.cluster_config.as_deref(),
         config.partitions,
     )?);
+    membership.on_gain({
+        let replica = replica.clone();
+        Box::new(move |partitions| {
+            for &p in partitions {
+                if replica.storage().holds_partition(p)? {
+                    replica.storage().drop_partition(p)?;
+                }
+            }
+            Ok(())
+        })
+    });
     let rpc = RpcClient::new(membership.clone());
-    let pinger = tokio::spawn(rpc.clone().ping_peers());
+    let handoff = Handoff::new(
+        membership.clone(),
+        replica.clone(),
+        rpc.clone(),
+        metrics.clone(),
+    );
+    let antientropy = AntiEntropy::new(
+        membership.clone(),
+        replica.clone(),
+        rpc.clone(),
+        metrics.clone(),
+        antientropy::Settings {
+            interval: Some(*config.anti_entropy_interval).filter(|d| !d.is_zero()),
+            pace: *config.anti_entropy_pace,
+            tombstone_grace: *config.tombstone_grace,
+        },
+    );
+    let transfers = Transfers::new(
+        membership.clone(),
+        replica.clone(),
+        rpc.clone(),
+        antientropy.clone(),
+        metrics.clone(),
+    );
+    let background = [
+        tokio::spawn(rpc.clone().ping_peers()),
+        tokio::spawn(handoff.clone().deliver_forever()),
+        tokio::spawn(antientropy.run()),
+        tokio::spawn(transfers.clone().run()),
+    ];
     let node = Arc::new(Node {
         coordinator: Coordinator::new(
             membership.clone(),
             replica.clone(),
             rpc.clone(),
+            handoff.clone(),
             metrics.clone(),
         ),
         replica: replica.clone(),
         membership,
         rpc,
+        handoff,
+        transfers,
         metrics,
         max_value_bytes: usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX),
         request_timeout: *config.request_timeout,
@@ -104,7 +152,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracing::info!("shutting down");
     })
     .await;
-    pinger.abort();
+    for task in background {
+        task.abort();
+    }
     if let Some(task) = wal_sync {
         task.abort();
     }

@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use kvapi::{ClusterConfig, Member, PeerStatus};
+use kvapi::{ClusterConfig, Member, PeerStatus, PriorRing};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::Error;
@@ -25,26 +25,88 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between attempts to reach a dead peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// A config together with the ring it defines.
+/// A config together with the ring it defines (and, during a transition, the ring being left).
 #[derive(Debug)]
 pub struct View {
     /// The config.
     pub config: ClusterConfig,
     /// Its ring.
     pub ring: Ring,
+    /// The ring being left, while `config.transition_from` is set.
+    pub prior: Option<Ring>,
 }
 
 impl View {
     fn new(config: ClusterConfig) -> Self {
-        let ids: Vec<String> = config.members.iter().map(|m| m.id.clone()).collect();
-        let ring = Ring::new(&ids, config.partitions, config.vnodes, config.n);
-        View { config, ring }
+        let ring = ring_of(&config.members, &config, config.n);
+        let prior = config
+            .transition_from
+            .as_ref()
+            .map(|p| ring_of(&p.members, &config, p.n));
+        View {
+            config,
+            ring,
+            prior,
+        }
     }
 
-    /// The address of member `id`.
+    /// The address of member `id` (of the current ring or the one being left).
     pub fn address(&self, id: &str) -> Option<&str> {
-        self.config.member(id).map(|m| m.address.as_str())
+        self.config.any_member(id).map(|m| m.address.as_str())
     }
+
+    /// The replica sets of `partition` that must each reach their quorum: the preference list, and
+    /// during a transition also the old ring's preference list.
+    pub fn replica_sets(&self, partition: u16) -> Vec<Vec<String>> {
+        let mut sets = vec![
+            self.ring
+                .preference_list(partition)
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        ];
+        if let Some(prior) = &self.prior {
+            sets.push(prior.preference_list(partition).map(String::from).collect());
+        }
+        sets
+    }
+
+    /// Every member holding `partition`: the union of [`View::replica_sets`], new owners first.
+    pub fn owners(&self, partition: u16) -> Vec<String> {
+        let mut owners: Vec<String> = Vec::new();
+        for member in self.replica_sets(partition).into_iter().flatten() {
+            if !owners.contains(&member) {
+                owners.push(member);
+            }
+        }
+        owners
+    }
+
+    /// Whether `member` holds `partition` in either ring.
+    pub fn is_owner(&self, member: &str, partition: u16) -> bool {
+        self.ring.owns(member, partition)
+            || self
+                .prior
+                .as_ref()
+                .is_some_and(|p| p.owns(member, partition))
+    }
+
+    /// Every member of the current ring and of the one being left.
+    pub fn all_members(&self) -> Vec<&Member> {
+        let mut all: Vec<&Member> = self.config.members.iter().collect();
+        if let Some(prior) = &self.config.transition_from {
+            for m in &prior.members {
+                if self.config.member(&m.id).is_none() {
+                    all.push(m);
+                }
+            }
+        }
+        all
+    }
+}
+
+fn ring_of(members: &[Member], config: &ClusterConfig, n: u32) -> Ring {
+    let ids: Vec<String> = members.iter().map(|m| m.id.clone()).collect();
+    Ring::new(&ids, config.partitions, config.vnodes, n)
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +114,7 @@ struct Liveness {
     last_success: Option<Instant>,
     failures: u32,
     retry_at: Option<Instant>,
+    epoch: u64,
 }
 
 /// The node's view of the cluster.
@@ -60,7 +123,14 @@ pub struct Membership {
     config_path: PathBuf,
     view: RwLock<Arc<View>>,
     liveness: Mutex<HashMap<String, Liveness>>,
+    /// Serialises installs: each writes the same temporary file before renaming it.
+    installing: Mutex<()>,
+    /// Called with the partitions this node starts to hold, before a config giving them is in force.
+    on_gain: OnceLock<GainHook>,
 }
+
+/// What [`Membership::on_gain`] calls: drop any stale local copy of the partitions gained.
+pub type GainHook = Box<dyn Fn(&[u16]) -> Result<(), Error> + Send + Sync>;
 
 impl Membership {
     /// Loads the config to follow: the persisted one or the one in `config_file`, whichever has the
@@ -111,6 +181,8 @@ impl Membership {
             config_path,
             view: RwLock::new(Arc::new(View::new(config))),
             liveness: Mutex::new(HashMap::new()),
+            installing: Mutex::new(()),
+            on_gain: OnceLock::new(),
         })
     }
 
@@ -128,33 +200,92 @@ impl Membership {
     /// newer. Returns `Ok(false)` (and changes nothing) when `next` is not newer.
     pub fn install(&self, next: ClusterConfig) -> Result<bool, Error> {
         next.validate().map_err(Error::BadConfig)?;
+        let _installing = self.installing.lock();
         let current = self.view();
         if next.epoch <= current.config.epoch {
             return Ok(false);
         }
         check_compatible(&current.config, &next)?;
+        let next_view = View::new(next.clone());
+        if let Some(hook) = self.on_gain.get() {
+            // Data of a partition this node did not hold is stale (it refused writes for it): drop
+            // it before the node accepts writes for the partition again.
+            let gained: Vec<u16> = (0..next_view.ring.partitions())
+                .map(|p| p as u16)
+                .filter(|&p| {
+                    next_view.is_owner(&self.node_id, p) && !current.is_owner(&self.node_id, p)
+                })
+                .collect();
+            if !gained.is_empty() {
+                hook(&gained)?;
+            }
+        }
         // Persist before switching, so the node never acts on a config it would forget on restart.
         write_config(&self.config_path, &next)?;
         let mut view = self.view.write();
-        if next.epoch <= view.config.epoch {
-            return Ok(false);
-        }
         tracing::info!(
             epoch = next.epoch,
             members = next.members.len(),
             "installed cluster config"
         );
-        *view = Arc::new(View::new(next));
+        *view = Arc::new(next_view);
         Ok(true)
     }
 
-    /// Records a successful exchange with `peer`.
-    pub fn record_success(&self, peer: &str) {
+    /// Sets the hook called with the partitions an install makes this node hold (once).
+    pub fn on_gain(&self, hook: GainHook) {
+        let _ = self.on_gain.set(hook);
+    }
+
+    /// Runs `work` while no config can be installed, if the config in force is still at `epoch`.
+    pub fn at_epoch<T>(&self, epoch: u64, work: impl FnOnce() -> T) -> Option<T> {
+        let _installing = self.installing.lock();
+        (self.view().config.epoch == epoch).then(work)
+    }
+
+    /// Accepts a config offered by an operator (the admin route), turning a change of members or N
+    /// into a transition from the current ring. W, R and the sloppy-quorum switch may change at any
+    /// time; a membership change while another is in progress is refused.
+    pub fn propose(&self, mut next: ClusterConfig) -> Result<bool, Error> {
+        let current = self.view();
+        let current = &current.config;
+        let reshaped = ring_changes(current, &next);
+        if current.in_transition() {
+            let target_changed = next.transition_from.is_none()
+                && (next.n != current.n || !same_members(&next.members, &current.members));
+            if target_changed {
+                return Err(Error::TransitionInProgress(format!(
+                    "the change to epoch {} is still moving data; retry when it completes",
+                    current.epoch
+                )));
+            }
+            next.transition_from = current.transition_from.clone();
+        } else if reshaped && current.epoch > 0 && next.transition_from.is_none() {
+            next.transition_from = Some(PriorRing {
+                epoch: current.epoch,
+                members: current.members.clone(),
+                n: current.n,
+            });
+        }
+        self.install(next)
+    }
+
+    /// Records a successful exchange with `peer`, which answered at `epoch`.
+    pub fn record_success(&self, peer: &str, epoch: u64) {
         let mut liveness = self.liveness.lock();
         let entry = liveness.entry(peer.to_string()).or_default();
         entry.last_success = Some(Instant::now());
         entry.failures = 0;
         entry.retry_at = None;
+        entry.epoch = entry.epoch.max(epoch);
+    }
+
+    /// The highest epoch `peer` has announced (0 when never heard from).
+    pub fn peer_epoch(&self, peer: &str) -> u64 {
+        if peer == self.node_id {
+            return self.view().config.epoch;
+        }
+        self.liveness.lock().get(peer).map_or(0, |l| l.epoch)
     }
 
     /// Records a failed exchange with `peer`, backing off further attempts exponentially.
@@ -188,13 +319,12 @@ impl Membership {
                 .is_none_or(|l| l.failures == 0)
     }
 
-    /// Liveness of every other member of the current config.
+    /// Liveness of every other member of the current config (and of the ring being left).
     pub fn peer_statuses(&self) -> Vec<PeerStatus> {
         let view = self.view();
         let liveness = self.liveness.lock();
-        view.config
-            .members
-            .iter()
+        view.all_members()
+            .into_iter()
             .filter(|m| m.id != self.node_id)
             .map(|m| {
                 let l = liveness.get(&m.id);
@@ -211,12 +341,32 @@ impl Membership {
     }
 }
 
+/// Whether `next` places partitions differently from `current` (other members or another N).
+fn ring_changes(current: &ClusterConfig, next: &ClusterConfig) -> bool {
+    current.n != next.n || !same_members(&current.members, &next.members)
+}
+
+fn same_members(a: &[Member], b: &[Member]) -> bool {
+    fn ids(members: &[Member]) -> Vec<&str> {
+        let mut ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        ids.sort_unstable();
+        ids
+    }
+    ids(a) == ids(b)
+}
+
 fn check_compatible(current: &ClusterConfig, next: &ClusterConfig) -> Result<(), Error> {
     // A lone node that was never configured (epoch 0) may join any cluster.
     if current.epoch > 0 && next.cluster != current.cluster {
         return Err(Error::BadConfig(format!(
             "config is for cluster {:?}, this node belongs to {:?}",
             next.cluster, current.cluster
+        )));
+    }
+    if current.epoch > 0 && next.vnodes != current.vnodes {
+        return Err(Error::BadConfig(format!(
+            "vnodes are fixed at {} for the cluster's life, got {}",
+            current.vnodes, next.vnodes
         )));
     }
     if next.partitions != current.partitions {
@@ -321,7 +471,8 @@ mod tests {
         m.record_failure("kv-1");
         assert!(!m.may_contact("kv-1"));
         assert!(!m.is_alive("kv-1"));
-        m.record_success("kv-1");
+        m.record_success("kv-1", 3);
+        assert_eq!(m.peer_epoch("kv-1"), 3);
         assert!(m.may_contact("kv-1") && m.is_alive("kv-1"));
     }
 }

@@ -118,6 +118,71 @@ impl Replica {
         .await?
     }
 
+    /// Merges a batch of states of keys in `partition` (anti-entropy, transfers, hint delivery) and
+    /// returns how many keys changed here.
+    pub async fn merge_many(
+        self: &Arc<Self>,
+        partition: u16,
+        records: Vec<(Vec<u8>, SiblingSet)>,
+    ) -> Result<u64, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut changed = 0;
+            for (key, remote) in records {
+                let _guard = this.stripe(&key).lock();
+                let current = this.storage.load(partition, &key)?;
+                let mut merged = SiblingSet::clone(&current);
+                merged.merge(&remote);
+                if merged != *current {
+                    this.storage.store(partition, &key, Arc::new(merged))?;
+                    changed += 1;
+                }
+            }
+            Ok(changed)
+        })
+        .await?
+    }
+
+    /// Deletes the keys of `partition` whose state is still exactly the tombstones that `context`
+    /// names (tombstone garbage collection), and returns how many were deleted. A key written since
+    /// has a different context and is kept.
+    pub async fn purge_tombstones(
+        self: &Arc<Self>,
+        partition: u16,
+        keys: Vec<(Vec<u8>, VersionVector)>,
+    ) -> Result<u64, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut purged = 0;
+            for (key, context) in keys {
+                let _guard = this.stripe(&key).lock();
+                let current = this.storage.load(partition, &key)?;
+                let only_tombstones = !current.siblings().is_empty()
+                    && current.siblings().iter().all(|s| s.is_tombstone());
+                if only_tombstones && *current.context() == context {
+                    this.storage.remove(partition, &key)?;
+                    purged += 1;
+                }
+            }
+            Ok(purged)
+        })
+        .await?
+    }
+
+    /// Runs `work` on the local storage on the blocking pool (scans, summaries, hints).
+    pub async fn with_storage<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Storage) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || work(&this.storage)).await?
+    }
+
+    /// The local storage, for cheap non-blocking questions (hint counts).
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
     /// Syncs the write-ahead log (periodic durability).
     pub async fn sync_wal(self: &Arc<Self>) -> Result<(), Error> {
         let this = self.clone();

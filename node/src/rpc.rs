@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::causality::{SiblingSet, VersionVector};
 use crate::error::Error;
 use crate::membership::Membership;
+use crate::storage::hints::Hint;
 
 /// Route of peer RPC.
 pub const RPC_PATH: &str = "/internal/v1/rpc";
@@ -79,6 +80,49 @@ pub enum RequestBody {
         /// Time left of the client's deadline, in milliseconds.
         timeout_ms: u64,
     },
+    /// Hold this state of `key` for `target`, which could not take it (sloppy quorum).
+    StoreHint {
+        /// The replica the state is meant for.
+        target: String,
+        /// The state.
+        hint: Hint,
+    },
+    /// Merge these hints meant for you (hinted handoff).
+    DeliverHints(Vec<Hint>),
+    /// Send me your Merkle summary of `partition` (anti-entropy, transfers).
+    Summary {
+        /// The partition.
+        partition: u16,
+    },
+    /// Send me your records of these segments of `partition`, after key `after`, up to about
+    /// `max_bytes`.
+    FetchSegments {
+        /// The partition.
+        partition: u16,
+        /// Segments wanted.
+        segments: Vec<u16>,
+        /// Resume after this key.
+        after: Option<Vec<u8>>,
+        /// Byte budget of the answer.
+        max_bytes: u64,
+    },
+    /// Merge these states of keys of `partition` (anti-entropy push).
+    MergeBatch {
+        /// The partition.
+        partition: u16,
+        /// `(key, state)` pairs.
+        records: Vec<(Vec<u8>, SiblingSet)>,
+    },
+    /// Delete these keys of `partition` if their state is still exactly tombstones with this
+    /// context: every owner holds them and the grace period has passed.
+    PurgeTombstones {
+        /// The partition.
+        partition: u16,
+        /// `(key, context)` pairs.
+        keys: Vec<(Vec<u8>, VersionVector)>,
+    },
+    /// Tell me whether you have received every partition you gain in the change to your epoch.
+    TransferProgress,
 }
 
 /// The answer to an [`RpcRequest`].
@@ -96,18 +140,76 @@ pub enum ResponseBody {
     /// Answer to `Ping`.
     Pong,
     /// Answer to `FetchConfig`.
-    Config(ClusterConfig),
+    Config(#[serde(with = "as_json")] ClusterConfig),
     /// Answer to `Read` and `Coordinate`: the key's state.
     State(SiblingSet),
-    /// Answer to `Merge`: merged and persisted.
+    /// Answer to `Merge`, `StoreHint` and `DeliverHints`: merged (or stored) and persisted.
     Merged,
+    /// Answer to `MergeBatch` and `PurgeTombstones`: how many keys changed.
+    Changed(u64),
+    /// Answer to `Summary`: one hash per segment.
+    Summary(Vec<u64>),
+    /// Answer to `FetchSegments`: records in key order, and where to resume if there are more.
+    Records {
+        /// `(key, state)` pairs.
+        records: Vec<(Vec<u8>, SiblingSet)>,
+        /// Key to resume after, when the byte budget stopped the scan.
+        next: Option<Vec<u8>>,
+    },
+    /// Answer to `TransferProgress`.
+    Progress {
+        /// The epoch the answer is about.
+        epoch: u64,
+        /// Whether every gained partition is complete (true when there is nothing to gain).
+        done: bool,
+    },
     /// The operation failed as a client request would: the HTTP status and error body to pass on.
     Failed {
         /// HTTP status of the failure.
         status: u16,
         /// Its JSON error body.
+        #[serde(with = "as_json")]
         error: ErrorBody,
     },
+}
+
+/// Carries a type of the public JSON contract (`kvapi`) inside a postcard message as its JSON text:
+/// those types skip absent optional fields, which a format without field names cannot decode.
+mod as_json {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, out: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(S::Error::custom)?;
+        out.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(
+        input: D,
+    ) -> Result<T, D::Error> {
+        let text = String::deserialize(input)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
+}
+
+impl ResponseBody {
+    /// The error for an answer the caller did not expect: a `Failed` answer passes its status and
+    /// body on, any other is a protocol error.
+    pub fn unexpected(&self) -> Error {
+        match self {
+            ResponseBody::Failed { status, error } => Error::Remote {
+                status: *status,
+                body: error.clone(),
+            },
+            other => Error::Rpc(format!("unexpected answer {other:?}")),
+        }
+    }
+}
+
+/// Time left until `deadline`.
+pub fn remaining(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
 }
 
 /// Encodes a message: version byte, then postcard.
@@ -195,7 +297,7 @@ impl RpcClient {
                 )));
             }
         };
-        self.membership.record_success(peer);
+        self.membership.record_success(peer, response.epoch);
         if response.epoch > view.config.epoch {
             self.catch_up(peer);
         }
@@ -231,7 +333,7 @@ impl RpcClient {
         loop {
             ticks.tick().await;
             let view = self.membership.view();
-            for member in &view.config.members {
+            for member in view.all_members() {
                 if member.id == self.membership.node_id()
                     || !self.membership.may_contact(&member.id)
                 {
@@ -305,6 +407,47 @@ mod tests {
         trailing.push(0);
         assert!(decode::<RpcRequest>(&trailing).is_err());
         assert!(decode::<RpcRequest>(&[]).is_err());
+    }
+
+    #[test]
+    fn contract_types_with_absent_optional_fields_round_trip() {
+        let config: ClusterConfig = serde_json::from_str(
+            r#"{"cluster":"c","epoch":3,"members":[{"id":"kv-0","address":"a:1"}],
+                "n":1,"w":1,"r":1,"partitions":256,"vnodes":64}"#,
+        )
+        .unwrap();
+        let mut transition = config.clone();
+        transition.transition_from = Some(kvapi::PriorRing {
+            epoch: 2,
+            members: config.members.clone(),
+            n: 1,
+        });
+        for config in [config, transition] {
+            let bytes = encode(&RpcResponse {
+                epoch: 3,
+                body: ResponseBody::Config(config.clone()),
+            });
+            let back: RpcResponse = decode(&bytes).unwrap();
+            assert!(matches!(back.body, ResponseBody::Config(c) if c == config));
+        }
+        let failed = ResponseBody::Failed {
+            status: 503,
+            error: ErrorBody {
+                error: "quorum_not_reached".into(),
+                message: "m".into(),
+                context: None,
+                replied: Some(1),
+                required: Some(2),
+            },
+        };
+        let back: RpcResponse = decode(&encode(&RpcResponse {
+            epoch: 1,
+            body: failed,
+        }))
+        .unwrap();
+        assert!(
+            matches!(back.body, ResponseBody::Failed { status: 503, error } if error.replied == Some(1))
+        );
     }
 
     proptest! {

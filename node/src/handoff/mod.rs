@@ -1,0 +1,245 @@
+//! Handoff: data that must move to another node. Hinted handoff (this file) keeps a write for a
+//! replica that could not take it and delivers it when the replica is back; ownership transfer
+//! ([`transfer`]) moves partitions to their new owners during a membership change.
+//!
+//! Sloppy quorum: when a replica does not take a write, the coordinator asks the next healthy node
+//! after the preference list (a fallback) to hold the state as a hint, and counts that copy for the
+//! replica. With no fallback the coordinator keeps the hint itself, and it does not count: a quorum
+//! of W needs W distinct nodes holding the data. Hints live in their own column family
+//! (`storage::hints`), survive restarts, and are deleted only after the target (or, when the target
+//! no longer owns the partition, the current owners) acknowledged them.
+
+pub mod transfer;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::replica::Replica;
+use crate::rpc::{RequestBody, ResponseBody, RpcClient, remaining};
+use crate::storage::hints::Hint;
+
+/// Pause between delivery rounds when there is nothing to do or targets are unreachable.
+const DELIVERY_INTERVAL: Duration = Duration::from_millis(250);
+/// Hints sent in one delivery message, at most.
+const DELIVERY_BATCH: usize = 256;
+/// Bytes of hints sent in one delivery message, about.
+const DELIVERY_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Time allowed for one delivery message.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Hinted handoff: storing hints for unreachable replicas and delivering them.
+pub struct Handoff {
+    membership: Arc<Membership>,
+    replica: Arc<Replica>,
+    rpc: Arc<RpcClient>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    wake: Notify,
+}
+
+impl Handoff {
+    /// Hinted handoff over the local `replica` and the peers reached through `rpc`.
+    pub fn new(
+        membership: Arc<Membership>,
+        replica: Arc<Replica>,
+        rpc: Arc<RpcClient>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Handoff {
+            membership,
+            replica,
+            rpc,
+            metrics,
+            draining: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Sends a coordinated write's state to `replica`. When the replica does not take it and
+    /// `sloppy` is on, hands it to the next of `fallbacks` that stores it as a hint, or keeps the
+    /// hint here when none does. True when a distinct node other than this one now holds the state
+    /// for `replica` (the replica itself or a fallback).
+    pub async fn replicate(
+        &self,
+        replica: &str,
+        hint: Hint,
+        sloppy: bool,
+        fallbacks: &Mutex<std::vec::IntoIter<String>>,
+        deadline: Instant,
+    ) -> bool {
+        let body = RequestBody::Merge {
+            partition: hint.partition,
+            key: hint.key.clone(),
+            set: hint.set.clone(),
+        };
+        match self.rpc.call(replica, body, remaining(deadline)).await {
+            Ok(ResponseBody::Merged) => return true,
+            Ok(other) => {
+                tracing::debug!(%replica, error = %other.unexpected(), "replication refused")
+            }
+            Err(e) => tracing::debug!(%replica, error = %e, "replication failed"),
+        }
+        if !sloppy {
+            return false;
+        }
+        loop {
+            let Some(fallback) = fallbacks.lock().next() else {
+                break;
+            };
+            let body = RequestBody::StoreHint {
+                target: replica.to_string(),
+                hint: hint.clone(),
+            };
+            match self.rpc.call(&fallback, body, remaining(deadline)).await {
+                Ok(ResponseBody::Merged) => return true,
+                Ok(other) => {
+                    tracing::debug!(%fallback, error = %other.unexpected(), "hint refused")
+                }
+                Err(e) => tracing::debug!(%fallback, error = %e, "hint not stored"),
+            }
+        }
+        if let Err(e) = self.store(replica.to_string(), hint).await {
+            tracing::warn!(%replica, error = %e, "cannot keep a hint; anti-entropy will repair");
+        }
+        false
+    }
+
+    /// Stores a hint for `target` here (a peer's `StoreHint`, or our own when no fallback took it).
+    pub async fn store(&self, target: String, hint: Hint) -> Result<(), Error> {
+        self.replica
+            .with_storage(move |s| s.store_hint(&target, &hint))
+            .await?;
+        self.metrics.hints_stored.inc();
+        Ok(())
+    }
+
+    /// Merges hints a peer delivers to this node.
+    pub async fn accept(&self, hints: Vec<Hint>) -> Result<(), Error> {
+        let mut by_partition: BTreeMap<u16, Vec<(Vec<u8>, _)>> = BTreeMap::new();
+        for hint in hints {
+            by_partition
+                .entry(hint.partition)
+                .or_default()
+                .push((hint.key, hint.set));
+        }
+        for (partition, records) in by_partition {
+            self.replica.merge_many(partition, records).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts draining: hints are delivered without waiting out peers' backoff.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether the node is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Delivers hints forever: each round sends every reachable target its oldest hints.
+    pub async fn deliver_forever(self: Arc<Self>) {
+        loop {
+            let delivered = self.deliver_round().await;
+            if delivered == 0 {
+                let _ = tokio::time::timeout(DELIVERY_INTERVAL, self.wake.notified()).await;
+            }
+        }
+    }
+
+    /// One round over every target; returns how many hints were delivered.
+    async fn deliver_round(&self) -> u64 {
+        let mut delivered = 0;
+        for (target, _) in self.replica.storage().hint_backlog() {
+            if !self.draining() && !self.membership.may_contact(&target) {
+                continue;
+            }
+            match self.deliver_batch(&target).await {
+                Ok(n) => delivered += n,
+                Err(e) => tracing::debug!(%target, error = %e, "hint delivery failed"),
+            }
+        }
+        delivered
+    }
+
+    /// Delivers one batch of `target`'s hints; hints of partitions it no longer owns go to their
+    /// current owners instead. Deletes exactly the hints that were acknowledged.
+    async fn deliver_batch(&self, target: &str) -> Result<u64, Error> {
+        let owned_target = target.to_string();
+        let batch = self
+            .replica
+            .with_storage(move |s| s.hints_for(&owned_target, DELIVERY_BATCH, DELIVERY_BATCH_BYTES))
+            .await?;
+        let view = self.membership.view();
+        let (direct, rerouted): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(_, h)| view.is_owner(target, h.partition));
+        let mut acknowledged = Vec::new();
+        if !direct.is_empty() {
+            let hints = direct.iter().map(|(_, h)| h.clone()).collect();
+            match self
+                .rpc
+                .call(target, RequestBody::DeliverHints(hints), DELIVERY_TIMEOUT)
+                .await?
+            {
+                ResponseBody::Merged => acknowledged.extend(direct.into_iter().map(|(k, _)| k)),
+                other => return Err(other.unexpected()),
+            }
+        }
+        for (storage_key, hint) in rerouted {
+            if self.reroute(&hint).await {
+                acknowledged.push(storage_key);
+            }
+        }
+        let count = acknowledged.len() as u64;
+        if count > 0 {
+            let owned_target = target.to_string();
+            self.replica
+                .with_storage(move |s| s.delete_hints(&owned_target, &acknowledged))
+                .await?;
+            self.metrics.hints_delivered.inc_by(count);
+        }
+        Ok(count)
+    }
+
+    /// Sends a hint whose target no longer owns its partition to the partition's current owners;
+    /// true once W of them (or all, when fewer) hold it.
+    async fn reroute(&self, hint: &Hint) -> bool {
+        let view = self.membership.view();
+        let owners = view.owners(hint.partition);
+        let needed = (view.config.w as usize).min(owners.len());
+        let me = self.membership.node_id();
+        let mut held = 0;
+        for owner in owners {
+            let ok = if owner == me {
+                self.replica
+                    .merge_many(hint.partition, vec![(hint.key.clone(), hint.set.clone())])
+                    .await
+                    .is_ok()
+            } else {
+                let body = RequestBody::Merge {
+                    partition: hint.partition,
+                    key: hint.key.clone(),
+                    set: hint.set.clone(),
+                };
+                matches!(
+                    self.rpc.call(&owner, body, DELIVERY_TIMEOUT).await,
+                    Ok(ResponseBody::Merged)
+                )
+            };
+            held += usize::from(ok);
+        }
+        held >= needed.max(1)
+    }
+}
