@@ -26,8 +26,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use kvapi::{
-    ADMIN_RING, ADMIN_STATUS, CONTEXT_HEADER, ErrorBody, KV_PREFIX, MAX_KEY_BYTES, NodeStatus,
-    ReadResponse, RingView,
+    ADMIN_CLUSTER, ADMIN_DRAIN, ADMIN_RING, ADMIN_STATUS, CONTEXT_HEADER, ClusterConfig, ErrorBody,
+    KV_PREFIX, MAX_KEY_BYTES, NodeStatus, ReadResponse, RingView,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -332,18 +332,53 @@ impl Client {
         parse_admin_json(ADMIN_STATUS, &body)
     }
 
+    /// `GET /admin/v1/cluster`: the cluster config the node follows.
+    pub async fn cluster(&self) -> Result<ClusterConfig, Error> {
+        let body = self.admin_get(ADMIN_CLUSTER).await?;
+        parse_admin_json(ADMIN_CLUSTER, &body)
+    }
+
+    /// `PUT /admin/v1/cluster`: offers a config with a higher epoch; returns the config installed
+    /// (a change of members or N comes back as a transition, with `transition_from` set).
+    pub async fn put_cluster(&self, config: &ClusterConfig) -> Result<ClusterConfig, Error> {
+        let body = serde_json::to_vec(config)
+            .map_err(|e| Error::InvalidResponse(format!("cannot encode the config: {e}")))?;
+        let body = self
+            .admin(reqwest::Method::PUT, ADMIN_CLUSTER, Some(body))
+            .await?;
+        parse_admin_json(ADMIN_CLUSTER, &body)
+    }
+
+    /// `POST /admin/v1/drain`: makes the node hand off its hints at once; returns its status.
+    pub async fn drain(&self) -> Result<NodeStatus, Error> {
+        let body = self.admin(reqwest::Method::POST, ADMIN_DRAIN, None).await?;
+        parse_admin_json(ADMIN_DRAIN, &body)
+    }
+
     /// `GET` of an admin route (such as [`kvapi::ADMIN_RING`]): the raw body of a success answer.
     pub async fn admin_get(&self, route: &str) -> Result<Bytes, Error> {
+        self.admin(reqwest::Method::GET, route, None).await
+    }
+
+    /// One admin request; the raw body of a success answer.
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        route: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, Error> {
         let url = Url::parse(&format!("{}{route}", self.base)).map_err(|e| Error::BadEndpoint {
             endpoint: self.base.clone(),
             reason: e.to_string(),
         })?;
-        let response = self
+        let mut request = self
             .http
-            .get(url)
-            .header(ACCEPT, "application/json")
-            .send()
-            .await?;
+            .request(method, url)
+            .header(ACCEPT, "application/json");
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let response = request.send().await?;
         let status = response.status();
         let body = response.bytes().await?;
         if status.is_success() {

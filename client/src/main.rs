@@ -44,7 +44,7 @@ struct Cli {
     command: Command,
 }
 
-/// The subcommands. `cluster` (DESIGN.md section 5a) will join them.
+/// The subcommands (DESIGN.md section 5a).
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Read a key
@@ -79,6 +79,13 @@ enum Command {
     ///
     /// The node id, epoch, N/W/R, the members and each peer's liveness.
     Status(cmd::admin::StatusArgs),
+    /// Change the cluster's members or settings, and follow the change
+    ///
+    /// `add` and `remove` start a membership change and wait until the data moved and every member
+    /// reports the settled ring; `remove` then drains the removed node. `status` shows every member's
+    /// epoch, transfer progress (partitions received / to receive) and hints held.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCommand),
     /// Run a closed-loop benchmark
     ///
     /// --clients tasks each keep one request in flight, round-robin over --endpoints, for --duration (after
@@ -184,6 +191,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Delete(args) => delete(&client, args).await,
         Command::Ring(args) => cmd::admin::ring(&client, args).await,
         Command::Status(args) => cmd::admin::status(&client, args).await,
+        Command::Cluster(command) => cmd::cluster::run(&client, command).await,
         Command::Up(_) | Command::Bench(_) => ExitCode::from(EXIT_REFUSED),
     }
 }

@@ -127,6 +127,27 @@ impl NodeBuilder {
     }
 }
 
+/// The `kvctl` binary next to [`kvnode_bin`].
+pub fn kvctl_bin() -> PathBuf {
+    let bin = kvnode_bin().with_file_name("kvctl");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build --workspace --all-targets` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `kvctl --endpoint ENDPOINT ARGS...` to completion and returns its output.
+pub fn kvctl(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new(kvctl_bin())
+        .arg("--endpoint")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("run kvctl")
+}
+
 /// A running (or stopped) `kvnode` process with its own temporary directory.
 #[derive(Debug)]
 pub struct NodeProcess {
@@ -575,6 +596,17 @@ impl KvClient {
         self.request(
             "GET",
             &Self::kv_path(key),
+            &[("accept", "application/json")],
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/kv/{key}{query}` with `Accept: application/json`.
+    pub async fn get_json_with_query(&self, key: &[u8], query: &str) -> Resp {
+        self.request(
+            "GET",
+            &Self::kv_path_with_query(key, query),
             &[("accept", "application/json")],
             None,
         )
@@ -1066,6 +1098,65 @@ pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// anyway (printing a warning: the tests that depend on liveness assert it themselves).
 pub const CLUSTER_PEERS_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How [`Cluster::start_with`] starts a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Nodes to start.
+    pub nodes: usize,
+    /// Replication factor N.
+    pub n: u32,
+    /// Write quorum W.
+    pub w: u32,
+    /// Read quorum R.
+    pub r: u32,
+    /// Sloppy quorum with hinted handoff (`false`: strict quorum, no hints).
+    pub sloppy_quorum: bool,
+    /// Extra flags for every node, such as `--anti-entropy-interval 1s`.
+    pub node_args: Vec<String>,
+}
+
+impl ClusterOptions {
+    /// `nodes` nodes with N/W/R, sloppy quorum and default node flags.
+    pub fn new(nodes: usize, n: u32, w: u32, r: u32) -> Self {
+        Self {
+            nodes,
+            n,
+            w,
+            r,
+            sloppy_quorum: true,
+            node_args: Vec::new(),
+        }
+    }
+
+    /// Adds node flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.node_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Turns sloppy quorum (and so hints) off.
+    pub fn strict(mut self) -> Self {
+        self.sloppy_quorum = false;
+        self
+    }
+}
+
+/// Starts the node of `member` on its address with the cluster file at `config_path`.
+fn member_node(member: &Member, config_path: &Path, node_args: &[String]) -> NodeProcess {
+    NodeBuilder::new()
+        .without_listen()
+        .args([
+            "--node-id".to_owned(),
+            member.id.clone(),
+            "--listen".to_owned(),
+            member.address.clone(),
+            "--cluster-config".to_owned(),
+            config_path.to_string_lossy().into_owned(),
+        ])
+        .args(node_args.iter().cloned())
+        .start()
+}
+
 /// Several `kvnode` processes forming one cluster (`kv-0`, `kv-1`, … on ports picked up front).
 ///
 /// Node `i` runs `kvnode --node-id kv-i --listen 127.0.0.1:PORTi --data-dir <its tmp>/data
@@ -1078,6 +1169,7 @@ pub struct Cluster {
     config_path: PathBuf,
     nodes: Vec<NodeProcess>,
     clients: Vec<KvClient>,
+    node_args: Vec<String>,
     // Holds the config file; declared last so the nodes are dropped (killed) first.
     _config_dir: tempfile::TempDir,
 }
@@ -1087,6 +1179,19 @@ impl Cluster {
     /// partitions and 64 vnodes; waits until each is ready and (bounded, see [`CLUSTER_PEERS_TIMEOUT`])
     /// until each sees every peer alive.
     pub async fn start(n_nodes: usize, n: u32, w: u32, r: u32) -> Self {
+        Self::start_with(ClusterOptions::new(n_nodes, n, w, r)).await
+    }
+
+    /// Like [`Cluster::start`] with the quorum mode and extra node flags of `options`.
+    pub async fn start_with(options: ClusterOptions) -> Self {
+        let ClusterOptions {
+            nodes: n_nodes,
+            n,
+            w,
+            r,
+            sloppy_quorum,
+            node_args,
+        } = options;
         assert!(n_nodes > 0, "a cluster needs at least one node");
         let t0 = Instant::now();
         let ports = free_ports(n_nodes);
@@ -1107,7 +1212,7 @@ impl Cluster {
             r,
             partitions: 256,
             vnodes: 64,
-            sloppy_quorum: true,
+            sloppy_quorum,
             transition_from: None,
         };
         let config_dir = tempfile::Builder::new()
@@ -1124,17 +1229,7 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(n_nodes);
         let mut clients = Vec::with_capacity(n_nodes);
         for member in &config.members {
-            let node = NodeBuilder::new()
-                .without_listen()
-                .args([
-                    "--node-id".to_owned(),
-                    member.id.clone(),
-                    "--listen".to_owned(),
-                    member.address.clone(),
-                    "--cluster-config".to_owned(),
-                    config_path.to_string_lossy().into_owned(),
-                ])
-                .start();
+            let node = member_node(member, &config_path, &node_args);
             assert_eq!(
                 node.addr().to_string(),
                 member.address,
@@ -1152,6 +1247,7 @@ impl Cluster {
             config_path,
             nodes,
             clients,
+            node_args,
             _config_dir: config_dir,
         };
         for (i, client) in cluster.clients.iter().enumerate() {
@@ -1248,6 +1344,67 @@ impl Cluster {
             self.config.members[i].address,
             "kv-{i} came back on another address"
         );
+    }
+
+    /// Starts one more node, `kv-{len}` on a free loopback port, with the cluster's initial config
+    /// file (so it knows its peers' addresses) and the cluster's node flags; it is not a member until
+    /// a config naming it is installed. Returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let member = Member {
+            id: format!("kv-{i}"),
+            address: format!("127.0.0.1:{}", free_ports(1)[0]),
+        };
+        let node = member_node(&member, &self.config_path, &self.node_args);
+        let client = KvClient::with_timeout(&node.base_url(), CLUSTER_CLIENT_TIMEOUT);
+        assert!(
+            wait_for_status(&client, kvapi::HEALTH_READY, 200, CLUSTER_READY_TIMEOUT).await,
+            "kv-{i} was not ready within {CLUSTER_READY_TIMEOUT:?}"
+        );
+        self.config.members.push(member);
+        self.nodes.push(node);
+        self.clients.push(client);
+        i
+    }
+
+    /// The member entry of node `i`.
+    pub fn member(&self, i: usize) -> Member {
+        self.config.members[i].clone()
+    }
+
+    /// Stops node `i` (SIGTERM), deletes its data directory, and starts it again empty.
+    pub fn wipe(&mut self, i: usize) {
+        self.stop(i);
+        std::fs::remove_dir_all(self.nodes[i].data_dir()).expect("wipe the data directory");
+        self.restart(i);
+    }
+
+    /// Polls every node in `nodes` until all report the same settled config (no transition) at
+    /// `epoch` or later; returns that config, or `None` after `timeout`.
+    pub async fn wait_settled(
+        &self,
+        nodes: &[usize],
+        epoch: u64,
+        timeout: Duration,
+    ) -> Option<ClusterConfig> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut configs = Vec::new();
+            for &i in nodes {
+                configs.push(self.clients[i].try_admin_cluster().await);
+            }
+            if let Some(Some(first)) = configs.first()
+                && first.epoch >= epoch
+                && first.transition_from.is_none()
+                && configs.iter().all(|c| c.as_ref() == Some(first))
+            {
+                return Some(first.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `PUT /admin/v1/cluster` with `config` through node `via`.

@@ -3,21 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvcluster_tests::{free_ports, kvnode_bin};
-
-fn kvctl_bin() -> PathBuf {
-    let bin = kvnode_bin().with_file_name("kvctl");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build --workspace --all-targets` first",
-        bin.display()
-    );
-    bin
-}
+use kvcluster_tests::{free_ports, kvctl, kvctl_bin, kvnode_bin};
 
 /// Stops `kvctl up` (and so its nodes) with SIGTERM when the test ends, even by panicking: kvctl starts
 /// the nodes in their own process group, so killing kvctl outright would orphan them.
@@ -36,15 +25,6 @@ impl Drop for StopOnDrop {
             let _ = self.0.kill();
         }
     }
-}
-
-fn kvctl(endpoint: &str, args: &[&str]) -> std::process::Output {
-    Command::new(kvctl_bin())
-        .arg("--endpoint")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! The subcommands of `kvctl` beyond get/put/delete: `up`, `ring`, `status` and `bench`.
+//! The subcommands of `kvctl` beyond get/put/delete: `up`, `ring`, `status`,
+//! `cluster` and `bench`.
 
 pub(crate) mod admin;
 pub(crate) mod bench;
+pub(crate) mod cluster;
 pub(crate) mod up;

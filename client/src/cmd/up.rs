@@ -688,7 +688,8 @@ mod tests {
             serde_json::json!({
                 "cluster": "demo", "epoch": 1,
                 "members": [{"id": "kv-0", "address": "127.0.0.1:9000"}],
-                "n": 1, "w": 1, "r": 1, "partitions": 256, "vnodes": 64
+                "n": 1, "w": 1, "r": 1, "partitions": 256, "vnodes": 64,
+                "sloppy_quorum": true
             })
         );
     }

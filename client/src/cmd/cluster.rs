@@ -1,0 +1,284 @@
+//! `kvctl cluster`: membership changes and their progress, outside Kubernetes.
+//!
+//! `add` and `remove` offer the node at `--endpoint` a config one epoch higher with the member added
+//! or removed; the nodes turn it into a transition, move the data, and settle the ring themselves.
+//! The command then waits (unless `--no-wait`) until every member reports the settled config; after
+//! a removal it also drains the removed node and waits until it holds no hints, and only then says
+//! that the node may be stopped.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use kvapi::{ClusterConfig, Member, NodeStatus};
+use kvclient::{Client, Error};
+
+use crate::fail;
+
+/// Pause between polls while waiting.
+const POLL: Duration = Duration::from_millis(500);
+
+/// `kvctl cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Every member's view: epoch, transition progress and hints held
+    Status,
+    /// Add a member and wait for the ring to settle
+    ///
+    /// Start the new node first (without --cluster-config, or with the cluster's current file): it
+    /// learns the config from its peers.
+    Add {
+        /// The new member's id.
+        id: String,
+        /// The new member's `host:port`, reachable from the other members.
+        address: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove a member, wait for its data to move, and drain it
+    Remove {
+        /// The member's id.
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Change N, W, R or the quorum mode
+    ///
+    /// W and R apply at once; a new N moves data like a membership change.
+    Set {
+        /// Replicas per key.
+        #[arg(long)]
+        n: Option<u32>,
+        /// Default write quorum.
+        #[arg(long)]
+        w: Option<u32>,
+        /// Default read quorum.
+        #[arg(long)]
+        r: Option<u32>,
+        /// Sloppy quorum (hinted handoff to fallback nodes) on or off.
+        #[arg(long)]
+        sloppy_quorum: Option<bool>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+/// How `add`, `remove` and `set` wait for the change to complete.
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// Return once the change is accepted instead of waiting for the ring to settle.
+    #[arg(long)]
+    no_wait: bool,
+    /// Longest wait for the ring to settle.
+    #[arg(long, default_value = "10m")]
+    timeout: humantime::Duration,
+}
+
+/// Runs `kvctl cluster ...`.
+pub(crate) async fn run(client: &Client, command: ClusterCommand) -> ExitCode {
+    let outcome = match command {
+        ClusterCommand::Status => status(client).await,
+        ClusterCommand::Add { id, address, wait } => {
+            change(client, &wait, None, |c| {
+                if c.member(&id).is_some() {
+                    return Err(format!("{id} is already a member"));
+                }
+                c.members.push(Member {
+                    id: id.clone(),
+                    address: address.clone(),
+                });
+                Ok(())
+            })
+            .await
+        }
+        ClusterCommand::Remove { id, wait } => {
+            change(client, &wait, Some(&id), |c| {
+                let before = c.members.len();
+                c.members.retain(|m| m.id != id);
+                if c.members.len() == before {
+                    return Err(format!("{id} is not a member"));
+                }
+                Ok(())
+            })
+            .await
+        }
+        ClusterCommand::Set {
+            n,
+            w,
+            r,
+            sloppy_quorum,
+            wait,
+        } => {
+            change(client, &wait, None, |c| {
+                c.n = n.unwrap_or(c.n);
+                c.w = w.unwrap_or(c.w);
+                c.r = r.unwrap_or(c.r);
+                c.sloppy_quorum = sloppy_quorum.unwrap_or(c.sloppy_quorum);
+                Ok(())
+            })
+            .await
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Client(e)) => fail(&e),
+        Err(Failure::Refused(message)) => {
+            eprintln!("kvctl: {message}");
+            ExitCode::from(crate::EXIT_REFUSED)
+        }
+    }
+}
+
+enum Failure {
+    Client(Error),
+    Refused(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Client(e)
+    }
+}
+
+/// Applies `edit` to the current config, offers it with the next epoch, and waits as asked.
+async fn change(
+    client: &Client,
+    wait: &WaitArgs,
+    removed: Option<&str>,
+    edit: impl FnOnce(&mut ClusterConfig) -> Result<(), String>,
+) -> Result<(), Failure> {
+    let mut config = client.cluster().await?;
+    if config.in_transition() {
+        return Err(Failure::Refused(format!(
+            "a membership change is in progress at epoch {}; wait for it (kvctl cluster status)",
+            config.epoch
+        )));
+    }
+    let removed_address = removed.and_then(|id| config.member(id).map(|m| m.address.clone()));
+    edit(&mut config).map_err(Failure::Refused)?;
+    config.epoch += 1;
+    config.validate().map_err(Failure::Refused)?;
+    let installed = client.put_cluster(&config).await?;
+    println!(
+        "epoch {} accepted{}",
+        installed.epoch,
+        if installed.in_transition() {
+            ": data is moving"
+        } else {
+            ""
+        }
+    );
+    if wait.no_wait {
+        return Ok(());
+    }
+    let deadline = Instant::now() + *wait.timeout;
+    let settled = wait_settled(client, installed.epoch, deadline).await?;
+    println!("ring settled at epoch {}", settled.epoch);
+    if let (Some(id), Some(address)) = (removed, removed_address) {
+        let leaving = Client::new(&address)?;
+        leaving.drain().await?;
+        loop {
+            let status = leaving.status().await?;
+            if status.hints_pending == 0 && !status.member {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Failure::Refused(format!(
+                    "{id} still holds {} hints; it must not be stopped yet",
+                    status.hints_pending
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        println!("{id} holds nothing the cluster needs: it may be stopped");
+    }
+    Ok(())
+}
+
+/// Waits until every member reports one config at or past `epoch` with no transition.
+async fn wait_settled(
+    client: &Client,
+    epoch: u64,
+    deadline: Instant,
+) -> Result<ClusterConfig, Failure> {
+    loop {
+        if let Ok(statuses) = member_statuses(client).await {
+            let configs: Vec<&ClusterConfig> = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().ok())
+                .map(|s| &s.config)
+                .collect();
+            let all_answered = configs.len() == statuses.len();
+            if let Some(first) = configs.first() {
+                let settled = all_answered
+                    && first.epoch >= epoch
+                    && !first.in_transition()
+                    && configs.iter().all(|c| c == first);
+                if settled {
+                    return Ok((*first).clone());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::Refused(
+                "the ring did not settle in time; see kvctl cluster status".into(),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The status of every member of the endpoint's config (and of the ring being left), in order.
+async fn member_statuses(
+    client: &Client,
+) -> Result<Vec<(Member, Result<NodeStatus, Error>)>, Error> {
+    let config = client.cluster().await?;
+    let mut members = config.members.clone();
+    if let Some(prior) = &config.transition_from {
+        for m in &prior.members {
+            if config.member(&m.id).is_none() {
+                members.push(m.clone());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for member in members {
+        let status = match Client::new(&member.address) {
+            Ok(c) => c.status().await,
+            Err(e) => Err(e),
+        };
+        out.push((member, status));
+    }
+    Ok(out)
+}
+
+/// Prints every member's view.
+async fn status(client: &Client) -> Result<(), Failure> {
+    let statuses = member_statuses(client).await?;
+    println!(
+        "{:<12} {:<22} {:>6} {:<11} {:>9} {:>8}",
+        "MEMBER", "ADDRESS", "EPOCH", "RING", "RECEIVING", "HINTS"
+    );
+    for (member, status) in statuses {
+        match status {
+            Ok(s) => {
+                let ring = if s.config.in_transition() {
+                    "transition"
+                } else if s.member {
+                    "settled"
+                } else {
+                    "left"
+                };
+                let receiving = s.transfer.as_ref().map_or("-".to_string(), |t| {
+                    format!("{}/{}", t.partitions_done, t.partitions_total)
+                });
+                println!(
+                    "{:<12} {:<22} {:>6} {:<11} {:>9} {:>8}",
+                    member.id, member.address, s.config.epoch, ring, receiving, s.hints_pending
+                );
+            }
+            Err(e) => println!("{:<12} {:<22} unreachable: {e}", member.id, member.address),
+        }
+    }
+    Ok(())
+}
