@@ -348,4 +348,87 @@ mod tests {
         assert!(s.renew_interval < s.renew_deadline);
         assert!(s.renew_deadline < s.lease_duration);
     }
+
+    mod mocked {
+        use super::*;
+        use http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+        use serde_json::{Value, json};
+
+        type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+        async fn answer(
+            handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+            method: Method,
+            status: StatusCode,
+            body: Value,
+        ) -> Result<Value, Box<dyn std::error::Error>> {
+            let Some((req, send)) = handle.next_request().await else {
+                return Err("no request".into());
+            };
+            assert_eq!(req.method(), method);
+            assert!(
+                req.uri()
+                    .path()
+                    .starts_with("/apis/coordination.k8s.io/v1/namespaces/ops/leases")
+            );
+            let bytes = req.into_body().collect_bytes().await?;
+            let sent = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes)?
+            };
+            let reply = if body.is_null() { sent.clone() } else { body };
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&reply)?))?,
+            );
+            Ok(sent)
+        }
+
+        fn not_found() -> Value {
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "reason": "NotFound", "code": 404, "message": "not found"})
+        }
+
+        fn conflict() -> Value {
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "reason": "Conflict", "code": 409, "message": "the object has been modified"})
+        }
+
+        #[tokio::test]
+        async fn creates_an_absent_lease_and_loses_a_write_race() -> TestResult {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let elector = LeaderElector::new(kube::Client::new(service, "default"), settings());
+            let round = tokio::spawn(async move {
+                let first = elector.try_acquire_or_renew().await;
+                let second = elector.try_acquire_or_renew().await;
+                (first, second)
+            });
+            // First round: no Lease, create it holding it ourselves.
+            answer(&mut handle, Method::GET, StatusCode::NOT_FOUND, not_found()).await?;
+            let created =
+                answer(&mut handle, Method::POST, StatusCode::CREATED, Value::Null).await?;
+            assert_eq!(created["spec"]["holderIdentity"], "me");
+            assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
+            // Second round: another replica's Lease expired; our takeover write loses the race.
+            let expired = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "kvoperator", "namespace": "ops", "resourceVersion": "7"},
+                "spec": {"holderIdentity": "other", "leaseDurationSeconds": 15,
+                         "renewTime": "2020-01-01T00:00:00.000000Z"}});
+            answer(&mut handle, Method::GET, StatusCode::OK, expired).await?;
+            let replaced =
+                answer(&mut handle, Method::PUT, StatusCode::CONFLICT, conflict()).await?;
+            assert_eq!(
+                replaced["metadata"]["resourceVersion"], "7",
+                "the write is conditional"
+            );
+            assert_eq!(replaced["spec"]["holderIdentity"], "me");
+            let (first, second) = round.await?;
+            assert!(first?);
+            assert!(!second?);
+            Ok(())
+        }
+    }
 }

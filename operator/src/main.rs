@@ -225,3 +225,43 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_well_formed_and_have_env_twins() {
+        Args::command().debug_assert();
+        for arg in Args::command().get_arguments() {
+            if arg.get_long().is_some() && arg.get_id() != "help" && arg.get_id() != "version" {
+                assert!(
+                    arg.get_env().is_some(),
+                    "--{} has no env twin",
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_suit_a_deployment() -> Result<(), clap::Error> {
+        let args = Args::try_parse_from(["kvoperator"])?;
+        assert!(args.leader_election);
+        assert_eq!(args.progress_interval, Duration::from_secs(5));
+        let args = Args::try_parse_from([
+            "kvoperator",
+            "--leader-election",
+            "false",
+            "--node-address-override-file",
+            "/tmp/a.json",
+        ])?;
+        assert!(!args.leader_election);
+        assert_eq!(
+            args.node_address_override_file,
+            Some(PathBuf::from("/tmp/a.json"))
+        );
+        Ok(())
+    }
+}
