@@ -1,0 +1,521 @@
+//! The StatefulSet of kvnode pods.
+//!
+//! Its replica count is not `spec.replicas` but what the reconciler's plan says: pods are added
+//! before they join the ring and removed only after they have left it. The pod template carries no
+//! hash of the ConfigMap on purpose: N/W/R changes are pushed to running nodes, never rolled out by
+//! restarting them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{
+    CLUSTER_JSON, CONFIG_DIR, DATA_DIR, NODE_PORT, PORT_NAME, configmap_name,
+    headless_service_name, labels, owned_meta, selector_labels,
+};
+use crate::crd::KVCluster;
+
+/// The unprivileged user and group the node runs as (the distroless `nonroot` ids).
+pub const RUN_AS_USER: i64 = 65532;
+/// Seconds a pod has between SIGTERM and SIGKILL. Members leave the ring (and their data moves)
+/// before the operator shrinks the StatefulSet, so this covers only the node's own shutdown:
+/// in-flight requests (`KVNODE_SHUTDOWN_GRACE`), hint delivery it can still do, and closing
+/// RocksDB cleanly, with room to spare.
+pub const TERMINATION_GRACE_SECONDS: i64 = 120;
+/// The node's in-flight request grace on SIGTERM, well inside the pod's grace period.
+pub const NODE_SHUTDOWN_GRACE: &str = "30s";
+/// Name of the data volume claim template (the PVCs are `data-<pod>`).
+pub const DATA_VOLUME: &str = "data";
+
+/// The cache size in the node's spelling: Kubernetes binary suffixes become `KiB`/`MiB`/`GiB`.
+pub fn node_cache_size(quantity: &str) -> String {
+    for (suffix, unit) in [("Ki", "KiB"), ("Mi", "MiB"), ("Gi", "GiB")] {
+        if let Some(number) = quantity.strip_suffix(suffix) {
+            return format!("{number}{unit}");
+        }
+    }
+    quantity.to_string()
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
+    let s = &kvc.spec;
+    let mut vars = vec![
+        EnvVar {
+            name: "KVNODE_NODE_ID".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        env("KVNODE_LISTEN", format!("0.0.0.0:{NODE_PORT}")),
+        env("KVNODE_DATA_DIR", DATA_DIR),
+        env(
+            "KVNODE_CLUSTER_CONFIG",
+            format!("{CONFIG_DIR}/{CLUSTER_JSON}"),
+        ),
+        env("KVNODE_DURABILITY", s.durability.as_str()),
+        env("KVNODE_CACHE_SIZE", node_cache_size(&s.cache_size)),
+        env("KVNODE_PARTITIONS", s.partitions.to_string()),
+        env("KVNODE_SHUTDOWN_GRACE", NODE_SHUTDOWN_GRACE),
+    ];
+    if let Some(secret) = &s.admin_token_secret_ref {
+        vars.push(EnvVar {
+            name: "KVNODE_ADMIN_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    vars
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(PORT_NAME.into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn container(kvc: &KVCluster) -> Container {
+    let s = &kvc.spec;
+    Container {
+        name: "kvnode".into(),
+        image: Some(s.image.clone()),
+        image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(vec!["kvnode".into()]),
+        env: Some(node_env(kvc)),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: i32::from(NODE_PORT),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: s.resources.clone(),
+        // Opening RocksDB after a crash replays the WAL: give it up to 10 minutes before the
+        // liveness probe may kill the pod.
+        startup_probe: Some(http_probe(kvapi::HEALTH_LIVE, 5, 120)),
+        liveness_probe: Some(http_probe(kvapi::HEALTH_LIVE, 10, 6)),
+        readiness_probe: Some(http_probe(kvapi::HEALTH_READY, 5, 3)),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: DATA_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
+}
+
+/// Spread pods over hosts and zones. Both are preferences, not requirements: a one-machine test
+/// cluster must still schedule every pod, and the PDB already bounds voluntary disruptions.
+fn placement(kvc: &KVCluster) -> (Affinity, Vec<TopologySpreadConstraint>) {
+    let selector = LabelSelector {
+        match_labels: Some(selector_labels(kvc)),
+        ..LabelSelector::default()
+    };
+    let affinity = Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(selector.clone()),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    };
+    let spread = vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "topology.kubernetes.io/zone".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(selector),
+        ..TopologySpreadConstraint::default()
+    }];
+    (affinity, spread)
+}
+
+/// The StatefulSet running `replicas` pods.
+pub fn build(kvc: &KVCluster, replicas: u32) -> StatefulSet {
+    let s = &kvc.spec;
+    let (affinity, spread) = placement(kvc);
+    let pod_spec = PodSpec {
+        containers: vec![container(kvc)],
+        affinity: Some(affinity),
+        topology_spread_constraints: Some(spread),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        // The node needs no Kubernetes API access.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            fs_group: Some(RUN_AS_USER),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: configmap_name(kvc),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+        ]),
+        ..PodSpec::default()
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            labels: Some(selector_labels(kvc)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: s.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), s.storage.size.clone())])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    StatefulSet {
+        metadata: owned_meta(kvc, kvc.name_any()),
+        spec: StatefulSetSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            service_name: Some(headless_service_name(kvc)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(kvc)),
+                ..LabelSelector::default()
+            },
+            // Pods start together: a node waits for no other to be ready, and joining the
+            // ring is the operator's job, not the start order's.
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            // A scaled-away member has left the ring and its data lives elsewhere; keeping its
+            // volume would bring stale data (and deleted keys whose tombstones are purged) back
+            // if the cluster grows again. Deleting the resource keeps the volumes.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_scaled: Some("Delete".into()),
+                    when_deleted: Some("Retain".into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(kvc)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::kvc;
+    use crate::crd::{Durability, ImagePullPolicy, SecretKeyRef};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn pod(sts: &StatefulSet) -> PodSpec {
+        sts.spec.template.spec.clone().unwrap_or_default()
+    }
+
+    fn env_of(c: &Container, name: &str) -> Option<EnvVar> {
+        c.env.clone()?.into_iter().find(|e| e.name == name)
+    }
+
+    fn value_of(c: &Container, name: &str) -> Option<String> {
+        env_of(c, name).and_then(|e| e.value)
+    }
+
+    #[test]
+    fn replicas_come_from_the_plan_and_pods_are_named_by_the_headless_service() {
+        let sts = build(&kvc(3, 3, 2, 2), 5);
+        let spec = sts.spec.clone();
+        assert_eq!(sts.metadata.name.as_deref(), Some("kv"));
+        assert_eq!(spec.replicas, Some(5));
+        assert_eq!(spec.service_name.as_deref(), Some("kv-headless"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(
+            spec.selector.match_labels,
+            Some(selector_labels(&kvc(3, 3, 2, 2)))
+        );
+        let template_labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        for (k, v) in selector_labels(&kvc(3, 3, 2, 2)) {
+            assert_eq!(template_labels.get(&k), Some(&v));
+        }
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .unwrap_or_default();
+        assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
+        assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+    }
+
+    #[test]
+    fn node_is_configured_through_its_environment() {
+        let mut k = kvc(3, 3, 2, 2);
+        k.spec.durability = Durability::Fsync;
+        k.spec.cache_size = "1Gi".into();
+        k.spec.partitions = 1024;
+        k.spec.image_pull_policy = Some(ImagePullPolicy::IfNotPresent);
+        let p = pod(&build(&k, 3));
+        let c = &p.containers[0];
+        assert_eq!(c.image.as_deref(), Some("kvnode:test"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(c.command, Some(vec!["kvnode".to_string()]));
+        let id = env_of(c, "KVNODE_NODE_ID")
+            .and_then(|e| e.value_from)
+            .and_then(|v| v.field_ref);
+        assert_eq!(id.map(|f| f.field_path).as_deref(), Some("metadata.name"));
+        assert_eq!(
+            value_of(c, "KVNODE_LISTEN").as_deref(),
+            Some("0.0.0.0:8080")
+        );
+        assert_eq!(value_of(c, "KVNODE_DATA_DIR").as_deref(), Some("/data"));
+        assert_eq!(
+            value_of(c, "KVNODE_CLUSTER_CONFIG").as_deref(),
+            Some("/etc/kvcluster/cluster.json")
+        );
+        assert_eq!(value_of(c, "KVNODE_DURABILITY").as_deref(), Some("fsync"));
+        assert_eq!(value_of(c, "KVNODE_CACHE_SIZE").as_deref(), Some("1GiB"));
+        assert_eq!(value_of(c, "KVNODE_PARTITIONS").as_deref(), Some("1024"));
+        assert_eq!(env_of(c, "KVNODE_ADMIN_TOKEN"), None);
+    }
+
+    #[test]
+    fn admin_token_comes_from_the_named_secret() {
+        let mut k = kvc(3, 3, 2, 2);
+        k.spec.admin_token_secret_ref = Some(SecretKeyRef {
+            name: "kv-admin".into(),
+            key: "token".into(),
+        });
+        let p = pod(&build(&k, 3));
+        let sel = env_of(&p.containers[0], "KVNODE_ADMIN_TOKEN")
+            .and_then(|e| e.value_from)
+            .and_then(|v| v.secret_key_ref);
+        assert_eq!(sel.as_ref().map(|s| s.name.as_str()), Some("kv-admin"));
+        assert_eq!(sel.map(|s| s.key), Some("token".to_string()));
+    }
+
+    #[test]
+    fn probes_use_the_health_routes() {
+        let p = pod(&build(&kvc(3, 3, 2, 2), 3));
+        let c = &p.containers[0];
+        let path = |probe: &Option<Probe>| {
+            probe
+                .clone()
+                .and_then(|p| p.http_get)
+                .and_then(|h| h.path)
+                .unwrap_or_default()
+        };
+        assert_eq!(path(&c.liveness_probe), "/health/live");
+        assert_eq!(path(&c.readiness_probe), "/health/ready");
+        assert_eq!(path(&c.startup_probe), "/health/live");
+        let port = c
+            .readiness_probe
+            .clone()
+            .and_then(|p| p.http_get)
+            .map(|h| h.port);
+        assert_eq!(port, Some(IntOrString::String("http".into())));
+    }
+
+    #[test]
+    fn pod_passes_the_restricted_pod_security_profile() {
+        let p = pod(&build(&kvc(3, 3, 2, 2), 3));
+        let psc = p.security_context.clone().unwrap_or_default();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.map(|s| s.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        let sc = p.containers[0].security_context.clone().unwrap_or_default();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            sc.seccomp_profile.map(|s| s.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        // restricted forbids host namespaces and hostPath volumes
+        assert_eq!(p.host_network, None);
+        assert_eq!(p.host_pid, None);
+        for v in p.volumes.unwrap_or_default() {
+            assert!(v.host_path.is_none(), "{} is a hostPath", v.name);
+        }
+        assert_eq!(
+            p.termination_grace_period_seconds,
+            Some(TERMINATION_GRACE_SECONDS)
+        );
+        assert_eq!(p.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn volumes_hold_data_config_and_a_writable_tmp() {
+        let mut k = kvc(3, 3, 2, 2);
+        k.spec.storage.size = Quantity("10Gi".into());
+        k.spec.storage.storage_class_name = Some("fast".into());
+        let sts = build(&k, 3);
+        let spec = sts.spec.clone();
+        let claims = spec.volume_claim_templates.unwrap_or_default();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
+        let cspec = claims[0].spec.clone().unwrap_or_default();
+        assert_eq!(cspec.access_modes, Some(vec!["ReadWriteOnce".to_string()]));
+        assert_eq!(cspec.storage_class_name.as_deref(), Some("fast"));
+        let size = cspec
+            .resources
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").cloned());
+        assert_eq!(size, Some(Quantity("10Gi".into())));
+
+        let p = pod(&sts);
+        let mounts: Vec<(String, String)> = p.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| (m.name, m.mount_path))
+            .collect();
+        assert!(mounts.contains(&("data".into(), "/data".into())));
+        assert!(mounts.contains(&("config".into(), "/etc/kvcluster".into())));
+        assert!(mounts.contains(&("tmp".into(), "/tmp".into())));
+        let cm = p
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|v| v.config_map)
+            .map(|c| c.name);
+        assert_eq!(cm.as_deref(), Some("kv-config"));
+    }
+
+    #[test]
+    fn pods_prefer_distinct_hosts_and_zones() {
+        let p = pod(&build(&kvc(3, 3, 2, 2), 3));
+        let terms = p
+            .affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution)
+            .unwrap_or_default();
+        assert_eq!(
+            terms[0].pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        let spread = p.topology_spread_constraints.unwrap_or_default();
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+    }
+
+    #[test]
+    fn cache_size_is_spelled_for_the_node() {
+        assert_eq!(node_cache_size("256Mi"), "256MiB");
+        assert_eq!(node_cache_size("4Ki"), "4KiB");
+        assert_eq!(node_cache_size("0"), "0");
+        assert_eq!(node_cache_size("1048576"), "1048576");
+    }
+}

@@ -1,0 +1,494 @@
+//! The reconciler: observe, plan, apply, push, report.
+//!
+//! One reconcile reads the StatefulSet, the ConfigMap and the pods, asks every pod's node for its
+//! status, lets [`crate::plan::plan`] decide, then applies every owned object with server-side
+//! apply, pushes a config or drains nodes when the plan says so, records events, and writes the
+//! status. It never decides anything itself: a reconcile with the same observations always does
+//! the same thing, which is what the mocked-API tests check request by request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use kvapi::{ClusterConfig, Member};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::addressing::AddressSource;
+use crate::builders::{
+    self, FIELD_MANAGER, cluster_name, configmap, configmap_name, pdb, pod_name, service,
+    servicemonitor, statefulset,
+};
+use crate::crd::KVCluster;
+use crate::metrics::Metrics;
+use crate::nodeadmin::{NodeAdmin, PutOutcome};
+use crate::plan::{self, Desired, Observed, Plan, PodView};
+use crate::status::{self, Counts};
+use crate::{Error, Result};
+
+/// Whether to apply a ServiceMonitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ServiceMonitorMode {
+    /// When the `monitoring.coreos.com` API group is served (checked every few minutes).
+    #[default]
+    Auto,
+    /// Always (fails when the CRD is missing).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Timing and feature settings of the reconciler.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Requeue delay while waiting on something that changes soon (pods starting, data moving).
+    pub progress_interval: Duration,
+    /// Requeue delay of a cluster that needs nothing.
+    pub resync_interval: Duration,
+    /// First retry delay after an error; doubles per consecutive error of one resource.
+    pub error_backoff: Duration,
+    /// Longest retry delay after errors.
+    pub max_error_backoff: Duration,
+    /// Whether to apply ServiceMonitors.
+    pub service_monitor: ServiceMonitorMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            progress_interval: Duration::from_secs(5),
+            resync_interval: Duration::from_secs(60),
+            error_backoff: Duration::from_secs(1),
+            max_error_backoff: Duration::from_secs(120),
+            service_monitor: ServiceMonitorMode::Auto,
+        }
+    }
+}
+
+/// How long the answer of "is the ServiceMonitor API served" is trusted.
+const MONITORING_CHECK_TTL: Duration = Duration::from_secs(300);
+
+/// What every reconcile shares.
+pub struct Context<A: NodeAdmin> {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// How the nodes are called.
+    pub admin: A,
+    /// Where the nodes are.
+    pub addresses: AddressSource,
+    /// Records Kubernetes events.
+    pub recorder: Recorder,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Timing and features.
+    pub settings: Settings,
+    failures: Mutex<HashMap<ObjectRef<KVCluster>, u32>>,
+    monitoring: Mutex<Option<(Instant, bool)>>,
+}
+
+impl<A: NodeAdmin> Context<A> {
+    /// A context whose events are reported as `kvoperator` by `instance`.
+    pub fn new(
+        client: Client,
+        admin: A,
+        addresses: AddressSource,
+        metrics: Metrics,
+        settings: Settings,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "kvoperator".into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            admin,
+            addresses,
+            metrics,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+            monitoring: Mutex::new(None),
+        }
+    }
+
+    fn backoff(&self, obj: ObjectRef<KVCluster>) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(obj).or_insert(0);
+        *n = n.saturating_add(1);
+        error_backoff(&self.settings, *n)
+    }
+
+    fn reset_backoff(&self, obj: &ObjectRef<KVCluster>) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(obj);
+    }
+
+    async fn monitoring_served(&self) -> Result<bool> {
+        match self.settings.service_monitor {
+            ServiceMonitorMode::Never => return Ok(false),
+            ServiceMonitorMode::Always => return Ok(true),
+            ServiceMonitorMode::Auto => {}
+        }
+        {
+            let cached = self.monitoring.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, served)) = *cached
+                && at.elapsed() < MONITORING_CHECK_TTL
+            {
+                return Ok(served);
+            }
+        }
+        let groups = self.client.list_api_groups().await?;
+        let served = groups
+            .groups
+            .iter()
+            .any(|g| g.name == servicemonitor::GROUP);
+        *self.monitoring.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), served));
+        Ok(served)
+    }
+}
+
+/// Retry delay after the `failures`-th consecutive error: doubling from `error_backoff`, capped.
+pub fn error_backoff(settings: &Settings, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    settings
+        .error_backoff
+        .saturating_mul(factor)
+        .min(settings.max_error_backoff)
+}
+
+/// Reconciles one resource (the Controller's callback).
+pub async fn reconcile<A: NodeAdmin>(kvc: Arc<KVCluster>, ctx: Arc<Context<A>>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_inner(&kvc, &ctx).await;
+    ctx.metrics
+        .observe(started.elapsed(), result.as_ref().err());
+    if result.is_ok() {
+        ctx.reset_backoff(&ObjectRef::from(kvc.as_ref()));
+    }
+    result
+}
+
+/// Requeues a failed resource with a per-resource exponential backoff.
+pub fn error_policy<A: NodeAdmin>(
+    kvc: Arc<KVCluster>,
+    error: &Error,
+    ctx: Arc<Context<A>>,
+) -> Action {
+    let delay = ctx.backoff(ObjectRef::from(kvc.as_ref()));
+    warn!(name = %kvc.name_any(), namespace = ?kvc.namespace(), %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn admin_token(client: &Client, ns: &str, kvc: &KVCluster) -> Result<Option<String>> {
+    let Some(sref) = &kvc.spec.admin_token_secret_ref else {
+        return Ok(None);
+    };
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&sref.name)
+        .await?
+        .ok_or_else(|| Error::AdminToken(format!("Secret {ns}/{} not found", sref.name)))?;
+    let bytes = secret
+        .data
+        .and_then(|d| d.get(&sref.key).cloned())
+        .ok_or_else(|| {
+            Error::AdminToken(format!("Secret {} has no key {}", sref.name, sref.key))
+        })?;
+    let token = String::from_utf8(bytes.0).map_err(|_| {
+        Error::AdminToken(format!("key {} of {} is not UTF-8", sref.key, sref.name))
+    })?;
+    Ok(Some(token.trim().to_string()))
+}
+
+async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Result<Action> {
+    let ns = kvc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    if kvc.uid().is_none() {
+        return Err(Error::MissingField("metadata.uid"));
+    }
+    let name = kvc.name_any();
+    let client = &ctx.client;
+    let token = admin_token(client, &ns, kvc).await?;
+
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let sts = sts_api.get_opt(&name).await?;
+    let cm = cm_api.get_opt(&configmap_name(kvc)).await?;
+    let pods = pod_api
+        .list(&ListParams::default().labels(&builders::selector_string(kvc)))
+        .await?;
+
+    let addresses = ctx.addresses.load()?;
+    let spec = &kvc.spec;
+    let desired = Desired {
+        cluster: cluster_name(kvc),
+        members: (0..spec.replicas)
+            .map(|i| {
+                let id = pod_name(kvc, i);
+                let address = addresses.address(&ns, &name, &id);
+                Member { id, address }
+            })
+            .collect(),
+        n: spec.replication_factor,
+        w: spec.write_quorum,
+        r: spec.read_quorum,
+        partitions: spec.partitions,
+    };
+    let mut views: Vec<PodView> = pods
+        .items
+        .iter()
+        .filter_map(|p| {
+            let id = p.name_any();
+            let ordinal = plan::ordinal(&name, &id)?;
+            Some(PodView {
+                address: addresses.address(&ns, &name, &id),
+                ordinal,
+                ready: pod_ready(p),
+                status: None,
+                id,
+            })
+        })
+        .collect();
+    views.sort_by_key(|v| v.ordinal);
+    let answers = futures::future::join_all(
+        views
+            .iter()
+            .map(|v| ctx.admin.get_status(&v.address, token.as_deref())),
+    )
+    .await;
+    for (view, answer) in views.iter_mut().zip(answers) {
+        match answer {
+            Ok(s) => view.status = Some(s),
+            Err(e) => debug!(pod = %view.id, error = %e, "node status unavailable"),
+        }
+    }
+
+    let observed = Observed {
+        name: name.clone(),
+        desired,
+        statefulset_replicas: sts
+            .as_ref()
+            .and_then(|s| s.spec.replicas)
+            .map(|r| u32::try_from(r).unwrap_or(0)),
+        pods: views,
+        stored_config: cm.as_ref().and_then(configmap::stored_config),
+    };
+    let plan = plan::plan(&observed);
+    info!(
+        name, namespace = ns, phase = ?plan.phase, epoch = plan.ring.epoch(),
+        statefulset = plan.statefulset_replicas, push = plan.push.is_some(), "{}", plan.message
+    );
+
+    apply_objects(ctx, kvc, &ns, &plan).await?;
+    if let Some(config) = &plan.push {
+        push_config(ctx, &observed.pods, token.as_deref(), config).await?;
+    }
+    for id in &plan.drain {
+        if let Some(pod) = observed.pods.iter().find(|p| &p.id == id)
+            && let Err(e) = ctx.admin.drain(&pod.address, token.as_deref()).await
+        {
+            warn!(pod = %id, error = %e, "drain failed");
+        }
+    }
+    publish_events(ctx, kvc, &plan).await;
+
+    let counts = Counts {
+        replicas: plan.statefulset_replicas,
+        ready_replicas: u32::try_from(observed.pods.iter().filter(|p| p.ready).count())
+            .unwrap_or(0),
+        generation: kvc.metadata.generation,
+        spec_nwr: (spec.replication_factor, spec.write_quorum, spec.read_quorum),
+    };
+    let new_status = status::build(&plan, counts, kvc.status.as_ref(), Timestamp::now());
+    let patch = json!({
+        "apiVersion": KVCluster::api_version(&()),
+        "kind": KVCluster::kind(&()),
+        "status": new_status,
+    });
+    Api::<KVCluster>::namespaced(client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+
+    let interval = if plan.waiting || plan.push.is_some() {
+        ctx.settings.progress_interval
+    } else {
+        ctx.settings.resync_interval
+    };
+    Ok(Action::requeue(interval))
+}
+
+async fn apply_objects<A: NodeAdmin>(
+    ctx: &Context<A>,
+    kvc: &KVCluster,
+    ns: &str,
+    plan: &Plan,
+) -> Result<()> {
+    let client = &ctx.client;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let cm = configmap::build(kvc, &plan.config_map)?;
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(&configmap_name(kvc), &pp, &Patch::Apply(&cm))
+        .await?;
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
+    for svc in [service::headless(kvc), service::client(kvc)] {
+        svc_api
+            .patch(&svc.name_any(), &pp, &Patch::Apply(&svc))
+            .await?;
+    }
+    let sts = statefulset::build(kvc, plan.statefulset_replicas);
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .patch(&sts.name_any(), &pp, &Patch::Apply(&sts))
+        .await?;
+    let budget = pdb::build(kvc);
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .patch(&budget.name_any(), &pp, &Patch::Apply(&budget))
+        .await?;
+    if ctx.monitoring_served().await? {
+        let sm = servicemonitor::build(kvc);
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &servicemonitor::api_resource())
+            .patch(&sm.name_any(), &pp, &Patch::Apply(&sm))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Pushes `config` to every node that answered, in ordinal order. The same epoch goes to all, so
+/// a node that already has it from a peer just answers `stale_epoch`.
+async fn push_config<A: NodeAdmin>(
+    ctx: &Context<A>,
+    pods: &[PodView],
+    token: Option<&str>,
+    config: &ClusterConfig,
+) -> Result<()> {
+    let mut accepted = 0;
+    let mut errors = Vec::new();
+    for pod in pods.iter().filter(|p| p.status.is_some()) {
+        match ctx.admin.put_config(&pod.address, token, config).await {
+            Ok(PutOutcome::Installed(c)) => {
+                accepted += 1;
+                debug!(pod = %pod.id, epoch = c.epoch, transition = c.in_transition(), "config installed");
+            }
+            Ok(PutOutcome::StaleEpoch) => accepted += 1,
+            Ok(PutOutcome::TransitionInProgress) => {
+                debug!(pod = %pod.id, "node still in a transition");
+            }
+            Err(e) => {
+                warn!(pod = %pod.id, error = %e, "config push failed");
+                errors.push(format!("{}: {e}", pod.id));
+            }
+        }
+    }
+    ctx.metrics.pushes.inc();
+    if accepted == 0 && !errors.is_empty() {
+        return Err(Error::Push(errors.join("; ")));
+    }
+    Ok(())
+}
+
+/// Events this reconcile adds to the plan's: a transition that finished since the last status.
+pub fn completion_event(kvc: &KVCluster, plan: &Plan) -> Option<plan::PlannedEvent> {
+    let before = kvc.status.as_ref()?.transition.as_ref()?;
+    if plan.ring.in_transition || plan.ring.config.is_none() {
+        return None;
+    }
+    Some(plan::PlannedEvent {
+        reason: "RingChangeCompleted".into(),
+        note: format!(
+            "ring change from epoch {} to {} complete, ring at epoch {}",
+            before.from_epoch,
+            before.to_epoch,
+            plan.ring.epoch()
+        ),
+        warning: false,
+    })
+}
+
+async fn publish_events<A: NodeAdmin>(ctx: &Context<A>, kvc: &KVCluster, plan: &Plan) {
+    let reference = kvc.object_ref(&());
+    let events = plan
+        .events
+        .iter()
+        .cloned()
+        .chain(completion_event(kvc, plan));
+    for e in events {
+        let event = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.clone(),
+            note: Some(e.note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            warn!(reason = %e.reason, error = %err, "could not record event");
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves: watches KVClusters (in `namespace`, or all) and
+/// the objects they own.
+pub async fn run<A: NodeAdmin>(
+    ctx: Arc<Context<A>>,
+    namespace: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kvoperator");
+    Controller::new(
+        api::<KVCluster>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<StatefulSet>(&client, namespace), owned.clone())
+    .owns(api::<Service>(&client, namespace), owned.clone())
+    .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+    .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((obj, _)) => debug!(name = %obj.name, "reconciled"),
+            Err(e) => debug!(error = %e, "reconcile error"),
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

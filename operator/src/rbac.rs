@@ -1,0 +1,110 @@
+//! Every Kubernetes permission the operator needs, in one place. `crdgen` renders it as
+//! `operator/rbac.yaml` (a ClusterRole); the Helm chart copies its rules.
+//!
+//! Least privilege: no wildcards, no `delete` (owner references let the garbage collector remove
+//! owned objects), no `pods/exec`, read-only pods, and Secrets only `get` — needed solely for the
+//! `adminTokenSecretRef` spec field, so a chart may drop that rule when no cluster uses it.
+//! `create` accompanies `patch` where server-side apply may create the object.
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
+use kube::api::ObjectMeta;
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        ..PolicyRule::default()
+    }
+}
+
+/// The rules, each with why it is needed.
+pub fn rules() -> Vec<PolicyRule> {
+    vec![
+        // Watch the resource, write its status.
+        rule("kvcluster.io", &["kvclusters"], &["get", "list", "watch"]),
+        rule(
+            "kvcluster.io",
+            &["kvclusters/status"],
+            &["get", "patch", "update"],
+        ),
+        // Owned objects: watched (Controller::owns) and server-side applied.
+        rule(
+            "apps",
+            &["statefulsets"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        rule(
+            "",
+            &["services", "configmaps"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        rule(
+            "policy",
+            &["poddisruptionbudgets"],
+            &["get", "list", "watch", "create", "patch"],
+        ),
+        // Pod readiness decides when new members join.
+        rule("", &["pods"], &["get", "list"]),
+        // The admin token named by spec.adminTokenSecretRef.
+        rule("", &["secrets"], &["get"]),
+        // Events for ring changes (create, and patch for repeated ones).
+        rule("events.k8s.io", &["events"], &["create", "patch"]),
+        // Leader election (the chart may narrow this to a Role in the operator's namespace).
+        rule(
+            "coordination.k8s.io",
+            &["leases"],
+            &["get", "create", "update"],
+        ),
+        // ServiceMonitors, when the Prometheus Operator's CRD is installed.
+        rule(
+            "monitoring.coreos.com",
+            &["servicemonitors"],
+            &["get", "create", "patch"],
+        ),
+    ]
+}
+
+/// The ClusterRole `kvoperator`.
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some("kvoperator".into()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(rules()),
+        ..ClusterRole::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_wildcards_no_exec_no_delete_and_secrets_read_only() {
+        for r in rules() {
+            let groups = r.api_groups.clone().unwrap_or_default();
+            let resources = r.resources.clone().unwrap_or_default();
+            assert!(!groups.iter().any(|g| g.contains('*')), "{r:?}");
+            assert!(
+                !resources
+                    .iter()
+                    .any(|x| x.contains('*') || x == "pods/exec"),
+                "{r:?}"
+            );
+            assert!(
+                !r.verbs
+                    .iter()
+                    .any(|v| v == "*" || v == "delete" || v == "deletecollection"),
+                "{r:?}"
+            );
+            if resources.iter().any(|x| x == "secrets") {
+                assert_eq!(r.verbs, vec!["get"]);
+            }
+            if resources.iter().any(|x| x == "pods") {
+                assert!(r.verbs.iter().all(|v| v == "get" || v == "list"));
+            }
+        }
+    }
+}
