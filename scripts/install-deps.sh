@@ -3,8 +3,9 @@
 # already there. Safe to run repeatedly. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
-# Debian packages: libclang for RocksDB's bindgen, a C++ toolchain for RocksDB itself.
-apt_packages=(libclang-dev clang g++ make pkg-config)
+# Debian packages: libclang for RocksDB's bindgen, a C++ toolchain for RocksDB itself; openssl, unzip
+# and util-linux (flock) for the real Kubernetes API server the operator tests run against.
+apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux)
 
 missing=()
 for package in "${apt_packages[@]}"; do
@@ -21,4 +22,10 @@ fi
 # Rust components the checks use.
 if command -v rustup >/dev/null 2>&1; then
   rustup component add clippy rustfmt >/dev/null 2>&1 || true
+fi
+
+# Go builds kube-apiserver and etcd from their modules (scripts/kube/install.sh).
+if ! command -v go >/dev/null 2>&1; then
+  echo "install-deps: Go >= 1.25 is needed to build kube-apiserver and etcd (scripts/kube); install it first" >&2
+  [ "${CI:-}" = "true" ] && exit 1
 fi
