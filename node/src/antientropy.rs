@@ -119,10 +119,12 @@ impl AntiEntropy {
                 }
             }
             let first_owner = view.ring.preference_list(partition).next() == Some(me.as_str());
-            if all_equal && first_owner && !view.config.in_transition() {
-                if let Err(e) = self.purge_tombstones(partition).await {
-                    tracing::debug!(partition, error = %e, "tombstone purge failed");
-                }
+            if all_equal
+                && first_owner
+                && !view.config.in_transition()
+                && let Err(e) = self.purge_tombstones(partition).await
+            {
+                tracing::debug!(partition, error = %e, "tombstone purge failed");
             }
             tokio::time::sleep(self.settings.pace).await;
         }
