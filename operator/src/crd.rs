@@ -19,6 +19,12 @@ pub const MAX_REPLICAS: u32 = 256;
 pub const MAX_REPLICATION_FACTOR: u32 = 15;
 /// Partition count when the spec leaves it out (the node's default too).
 pub const DEFAULT_PARTITIONS: u32 = 256;
+/// CEL rule of `spec.storage.size`: a Kubernetes quantity above zero (`isQuantity` and
+/// `quantity` are the API server's quantity library, Kubernetes 1.29 and later).
+pub const STORAGE_SIZE_RULE: &str =
+    "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))";
+/// The API server's message when [`STORAGE_SIZE_RULE`] fails.
+pub const STORAGE_SIZE_MESSAGE: &str = "storage.size must be a positive quantity such as 10Gi";
 
 /// The desired state of a kvcluster ring.
 // The printer columns repeat `type_ = ...` on purpose; clippy reads them as duplicated attributes.
@@ -128,6 +134,12 @@ fn default_cache_size() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Size of each pod's volume, such as `10Gi`.
+    // A Quantity's schema is only `x-kubernetes-int-or-string`: without the CEL rule the API
+    // server takes `ten gigs` or `-1Gi`, and the StatefulSet built from it is refused at every
+    // reconcile instead.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": STORAGE_SIZE_RULE, "message": STORAGE_SIZE_MESSAGE}
+    ]))]
     pub size: Quantity,
     /// Storage class of the volumes; the cluster's default class when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]

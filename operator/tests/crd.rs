@@ -151,6 +151,11 @@ fn cross_field_and_immutability_rules_are_in_the_schema() -> TestResult {
         spec["properties"]["partitions"]["x-kubernetes-validations"][0]["rule"],
         "self == oldSelf"
     );
+    // A Quantity is only int-or-string in the schema: CEL checks it is one, and positive.
+    assert_eq!(
+        spec["properties"]["storage"]["properties"]["size"]["x-kubernetes-validations"][0]["rule"],
+        kvoperator::crd::STORAGE_SIZE_RULE
+    );
     Ok(())
 }
 
