@@ -409,20 +409,38 @@ async fn push_config<A: NodeAdmin>(
     Ok(())
 }
 
-/// Events this reconcile adds to the plan's: a transition that finished since the last status.
+/// Events this reconcile adds to the plan's: a ring change that finished since the last status.
+///
+/// The last status either showed the change in progress (`transition`), or, when the whole change
+/// ran between two reconciles, shows an older epoch with other members.
 pub fn completion_event(kvc: &KVCluster, plan: &Plan) -> Option<plan::PlannedEvent> {
-    let before = kvc.status.as_ref()?.transition.as_ref()?;
-    if plan.ring.in_transition || plan.ring.config.is_none() {
+    let before = kvc.status.as_ref()?;
+    let config = plan.ring.config.as_ref()?;
+    if plan.ring.in_transition {
         return None;
     }
+    let note = match &before.transition {
+        Some(t) => format!(
+            "ring change from epoch {} to {} complete, ring at epoch {}",
+            t.from_epoch, t.to_epoch, config.epoch
+        ),
+        None => {
+            let now: Vec<&str> = config.members.iter().map(|m| m.id.as_str()).collect();
+            if before.ring_epoch == 0 || before.ring_epoch >= config.epoch || before.members == now
+            {
+                return None;
+            }
+            format!(
+                "ring change complete: members [{}] → [{}], ring at epoch {}",
+                before.members.join(","),
+                now.join(","),
+                config.epoch
+            )
+        }
+    };
     Some(plan::PlannedEvent {
         reason: "RingChangeCompleted".into(),
-        note: format!(
-            "ring change from epoch {} to {} complete, ring at epoch {}",
-            before.from_epoch,
-            before.to_epoch,
-            plan.ring.epoch()
-        ),
+        note,
         warning: false,
     })
 }

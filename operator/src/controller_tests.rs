@@ -749,6 +749,68 @@ async fn a_failing_api_call_fails_the_reconcile_and_backs_off() -> TestResult {
     Ok(())
 }
 
+/// A plan for a ring settled on `cfg` with pods `kv-0..count`.
+fn settled_plan(count: u32, cfg: &ClusterConfig) -> Plan {
+    let ids: Vec<String> = (0..count).map(|i| format!("kv-{i}")).collect();
+    let pods = nodes_on(count, cfg)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| plan::PodView {
+            id: ids[i].clone(),
+            ordinal: u32::try_from(i).unwrap_or(0),
+            address: s.config.members[i].address.clone(),
+            ready: true,
+            status: Some(s),
+        })
+        .collect();
+    plan::plan(&Observed {
+        name: "kv".into(),
+        desired: Desired {
+            cluster: cfg.cluster.clone(),
+            members: cfg.members.clone(),
+            n: cfg.n,
+            w: cfg.w,
+            r: cfg.r,
+            partitions: cfg.partitions,
+        },
+        statefulset_replicas: Some(count),
+        pods,
+        stored_config: None,
+    })
+}
+
+#[test]
+fn a_ring_change_completed_between_two_reconciles_still_gets_its_event() {
+    let three = config(6, &["kv-0", "kv-1", "kv-2"], 3, 2, 2);
+    let p = settled_plan(3, &three);
+    assert!(p.ring.settled());
+    let mut resource = kvc(3, 3, 2, 2);
+    // the last status saw five members at epoch 4 and no change in progress
+    resource.status = Some(crate::crd::KVClusterStatus {
+        ring_epoch: 4,
+        members: (0..5).map(|i| format!("kv-{i}")).collect(),
+        ..Default::default()
+    });
+    let event = completion_event(&resource, &p).map(|e| (e.reason, e.note));
+    assert_eq!(
+        event,
+        Some((
+            "RingChangeCompleted".to_string(),
+            "ring change complete: members [kv-0,kv-1,kv-2,kv-3,kv-4] → [kv-0,kv-1,kv-2], ring at epoch 6"
+                .to_string()
+        ))
+    );
+    // once the status shows the new ring (or only quorums changed), nothing more
+    resource.status = Some(crate::crd::KVClusterStatus {
+        ring_epoch: 5,
+        members: vec!["kv-0".into(), "kv-1".into(), "kv-2".into()],
+        ..Default::default()
+    });
+    assert_eq!(completion_event(&resource, &p), None);
+    resource.status = Some(crate::crd::KVClusterStatus::default());
+    assert_eq!(completion_event(&resource, &p), None, "a new cluster");
+}
+
 #[test]
 fn error_backoff_doubles_up_to_the_cap() {
     let s = Settings::default();

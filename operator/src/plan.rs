@@ -185,7 +185,16 @@ pub fn ring_state(obs: &Observed) -> RingState {
         .filter(|m| !ready.contains(m.id.as_str()))
         .map(|m| m.id.clone())
         .collect();
-    let transition = config.as_ref().and_then(|c| {
+    // The change in progress: the ring's own, or in its tail (some nodes already on the settled
+    // next epoch, which has no `transition_from`) the newest one a node still runs.
+    let changing = config.as_ref().filter(|c| c.in_transition()).or_else(|| {
+        statuses
+            .iter()
+            .map(|s| &s.config)
+            .filter(|c| c.cluster == obs.desired.cluster && c.in_transition())
+            .max_by_key(|c| c.epoch)
+    });
+    let transition = changing.and_then(|c| {
         c.transition_from.as_ref().map(|prior| TransitionStatus {
             from_epoch: prior.epoch,
             to_epoch: c.epoch,
@@ -806,6 +815,17 @@ pub(crate) mod tests {
         let p = plan(&observed(desired(3, 3, 1, 1), Some(3), pods, None));
         assert_eq!(p.push, None);
         assert_eq!(p.phase, Phase::Transitioning);
+        // the tail of the change is still reported as the change (the status keeps it, so its
+        // completion gets an event)
+        assert_eq!(
+            p.ring.transition,
+            Some(TransitionStatus {
+                from_epoch: 2,
+                to_epoch: 3,
+                partitions_pending: 0
+            })
+        );
+        assert!(p.message.contains("from epoch 2 to 3"), "{}", p.message);
     }
 
     #[test]
