@@ -10,8 +10,12 @@
 //! - [`RawConn`] is a hand-written HTTP/1.1 connection over a `TcpStream` for the tests that need
 //!   control over every byte (slow headers, partial bodies, huge announcements, connection caps).
 //!
+//! - [`kube`] runs a real etcd + kube-apiserver on loopback for the operator's integration tests.
+//!
 //! Every wait here is bounded in time; every address is on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod kube;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
