@@ -154,7 +154,10 @@ fn random_requests_get_well_formed_answers_and_never_crash_the_node() {
         *statuses.borrow_mut().entry(status).or_default() += 1;
         Ok(())
     });
-    eprintln!("{cases} generated requests; answers by status: {:?}", statuses.borrow());
+    eprintln!(
+        "{cases} generated requests; answers by status: {:?}",
+        statuses.borrow()
+    );
     if let Err(e) = outcome {
         panic!("{e}\n--- node log ---\n{}", node.log_tail(30));
     }
