@@ -721,9 +721,14 @@ fn write_private(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// `path` relative to the repository root.
+/// `path` relative to the repository root: the `tests/` package's parent, as `cargo test` says at
+/// run time (`CARGO_MANIFEST_DIR`), else as it was at build time (a test binary may have been built
+/// from another checkout sharing the target directory).
 pub fn repo_path(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.join("..").join(path)
 }
 
 /// The `kvoperator` binary next to `kvnode` (`KVOPERATOR_BIN` when set).

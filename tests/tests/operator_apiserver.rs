@@ -297,6 +297,59 @@ async fn the_api_server_enforces_the_kvcluster_schema_and_cel_rules() {
     assert_eq!(status.data["spec"]["replicas"], json!(3));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_deployment_manifest_is_accepted() {
+    let Some(plane) = ControlPlane::start("operator_apiserver::deployment").await else {
+        return;
+    };
+    let client = plane.client();
+    let text = std::fs::read_to_string(repo_path("tests/e2e/operator.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut kinds = Vec::new();
+    for doc in docs {
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        let pp = PostParams::default();
+        let result = match kind.as_str() {
+            "Namespace" => Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                .create(&pp, &serde_json::from_value(doc).unwrap())
+                .await
+                .map(|_| ()),
+            "ServiceAccount" => Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+                client.clone(),
+                "kvcluster-system",
+            )
+            .create(&pp, &serde_json::from_value(doc).unwrap())
+            .await
+            .map(|_| ()),
+            "ClusterRoleBinding" => {
+                Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client.clone())
+                    .create(&pp, &serde_json::from_value(doc).unwrap())
+                    .await
+                    .map(|_| ())
+            }
+            "Deployment" => Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+                client.clone(),
+                "kvcluster-system",
+            )
+            .create(&pp, &serde_json::from_value(doc).unwrap())
+            .await
+            .map(|_| ()),
+            other => panic!("tests/e2e/operator.yaml: unexpected kind {other}"),
+        };
+        result.unwrap_or_else(|e| panic!("tests/e2e/operator.yaml: {kind} refused: {e}"));
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRoleBinding",
+            "Deployment"
+        ]
+    );
+}
+
 /// Calls `f` and returns the API server's HTTP code (200 for success).
 async fn code_of<T>(f: impl std::future::Future<Output = Result<T, kube::Error>>) -> u16 {
     match f.await {
