@@ -82,7 +82,13 @@ async fn hints_alone_bring_back_every_write_a_down_node_missed() {
     let clients = [cluster.client(0).clone(), cluster.client(1).clone()];
     let keys = write_keys(&clients, "hint-", KEYS).await;
     // Three nodes and N = 3: no fallback exists, so the coordinators keep the hints themselves.
-    let held = metric_total(&cluster, &[0, 1], "kv_hints_pending").await;
+    // Hints are stored by the replication tasks, which may finish just after the client's answer.
+    let t_hints = Instant::now();
+    let mut held = metric_total(&cluster, &[0, 1], "kv_hints_pending").await;
+    while (held as usize) < KEYS && t_hints.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held = metric_total(&cluster, &[0, 1], "kv_hints_pending").await;
+    }
     assert_eq!(held as usize, KEYS, "one hint per write for the dead node");
 
     cluster.restart(2);
