@@ -112,6 +112,9 @@ pub const ADMIN_CLUSTER: &str = "/admin/v1/cluster";
 pub const ADMIN_RING: &str = "/admin/v1/ring";
 /// Admin route of this node's view: `GET` gives a [`NodeStatus`].
 pub const ADMIN_STATUS: &str = "/admin/v1/status";
+/// Admin route of this node's partition digests: `GET` gives a [`PartitionDigests`]; replicas of a
+/// partition hold identical data exactly when their digests of it are equal.
+pub const ADMIN_DIGESTS: &str = "/admin/v1/digests";
 /// Admin route that makes a node hand off everything it holds: `POST` starts it (idempotent), and
 /// [`NodeStatus::draining`] and [`NodeStatus::hints_pending`] show the progress.
 pub const ADMIN_DRAIN: &str = "/admin/v1/drain";
@@ -262,6 +265,28 @@ pub struct PartitionView {
     pub partition: u32,
     /// Member ids holding it, in preference order.
     pub replicas: Vec<String>,
+}
+
+/// `GET /admin/v1/digests`: the Merkle root of every partition a node holds data of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionDigests {
+    /// The answering node's id.
+    pub node_id: String,
+    /// Epoch of the node's config when it answered.
+    pub epoch: u64,
+    /// Partitions with at least one record (tombstones included), in partition order.
+    pub partitions: Vec<PartitionDigest>,
+}
+
+/// One partition of [`PartitionDigests`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionDigest {
+    /// The partition number.
+    pub partition: u32,
+    /// The root of the partition's Merkle summary, 16 hex digits.
+    pub root: String,
+    /// Records in the partition, tombstones included.
+    pub keys: u64,
 }
 
 /// `GET /admin/v1/status`: one node's view of the cluster.

@@ -2,7 +2,7 @@
 //! and an optional TOML file, in that order of precedence.
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
@@ -26,6 +26,11 @@ pub struct NodeConfig {
     /// Address of the client and peer HTTP port. Port 0 picks a free port (printed at start).
     #[arg(long, env = "KVNODE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Local address that connections to peers leave from (default: the system's choice). Lets
+    /// nodes sharing one host keep distinct source addresses, so firewall rules can tell them apart.
+    #[arg(long, env = "KVNODE_PEER_SOURCE_ADDRESS")]
+    pub peer_source_address: Option<IpAddr>,
 
     /// Directory of this node's data (RocksDB lives in its `db` subdirectory).
     #[arg(long, env = "KVNODE_DATA_DIR")]

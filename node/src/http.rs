@@ -93,6 +93,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(kvapi::ADMIN_CLUSTER, any(admin_cluster))
         .route(kvapi::ADMIN_RING, any(admin_ring))
         .route(kvapi::ADMIN_STATUS, any(admin_status))
+        .route(kvapi::ADMIN_DIGESTS, any(admin_digests))
         .route(kvapi::ADMIN_DRAIN, any(admin_drain))
         .route(rpc::RPC_PATH, any(peer_rpc))
         .fallback(no_route)
@@ -536,6 +537,42 @@ async fn admin_ring(State(node): State<Arc<Node>>, request: Request) -> Response
         partitions,
     })
     .into_response()
+}
+
+async fn admin_digests(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if let Err(e) = authorize(&node, request.headers()) {
+        return error_response(&e);
+    }
+    if request.method() != Method::GET {
+        return method_not_allowed(request.method());
+    }
+    let view = node.membership.view();
+    let replica = node.replica.clone();
+    let partitions = view.ring.partitions() as u16;
+    let scanned = tokio::task::spawn_blocking(move || {
+        let mut digests = Vec::new();
+        for p in 0..partitions {
+            let summary = replica.storage().summary(p)?;
+            if summary.keys > 0 {
+                digests.push(kvapi::PartitionDigest {
+                    partition: p.into(),
+                    root: format!("{:016x}", summary.root),
+                    keys: summary.keys,
+                });
+            }
+        }
+        Ok::<_, Error>(digests)
+    })
+    .await;
+    match scanned.map_err(Error::from).and_then(|digests| digests) {
+        Ok(partitions) => axum::Json(kvapi::PartitionDigests {
+            node_id: node.membership.node_id().to_string(),
+            epoch: view.config.epoch,
+            partitions,
+        })
+        .into_response(),
+        Err(e) => error_response(&e),
+    }
 }
 
 /// This node's view of the cluster, its hints and its transfers.

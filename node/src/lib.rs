@@ -79,7 +79,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             Ok(())
         })
     });
-    let rpc = RpcClient::new(membership.clone());
+    let rpc = RpcClient::new(membership.clone(), config.peer_source_address);
     let handoff = Handoff::new(
         membership.clone(),
         replica.clone(),

@@ -6,6 +6,7 @@
 //! and every response the receiver's epoch, so a node that missed a config change learns of it from the
 //! next exchange and fetches the config from whoever has it. The inbound side lives in `http`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,9 +249,10 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
-    /// A client for the peers of `membership`.
-    pub fn new(membership: Arc<Membership>) -> Arc<Self> {
+    /// A client for the peers of `membership`, connecting from `source` when given.
+    pub fn new(membership: Arc<Membership>, source: Option<IpAddr>) -> Arc<Self> {
         let mut connector = HttpConnector::new();
+        connector.set_local_address(source);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
         let http = Client::builder(TokioExecutor::new())
