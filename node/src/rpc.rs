@@ -6,8 +6,10 @@
 //! and every response the receiver's epoch, so a node that missed a config change learns of it from the
 //! next exchange and fetches the config from whoever has it. The inbound side lives in `http`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -243,10 +245,20 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
 }
 
 /// Sends RPCs to peers over pooled HTTP/2 connections, tracking their liveness and epochs.
+///
+/// Each peer address has a connection pool of its own. A call that times out discards its peer's
+/// pool: over a connection whose packets were dropped (a network partition, a paused peer), every
+/// later request would wait for TCP's retransmission backoff long after the network healed, while
+/// a new connection works at once.
 pub struct RpcClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    connector: HttpConnector,
+    pools: Mutex<HashMap<String, (u64, PeerPool)>>,
+    generation: AtomicU64,
     membership: Arc<Membership>,
 }
+
+/// The connection pool of one peer address.
+type PeerPool = Client<HttpConnector, Full<Bytes>>;
 
 impl RpcClient {
     /// A client for the peers of `membership`, connecting from `source` when given.
@@ -255,14 +267,39 @@ impl RpcClient {
         connector.set_local_address(source);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
-        let http = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_keep_alive_interval(Some(Duration::from_secs(5)))
-            .http2_keep_alive_timeout(Duration::from_secs(5))
-            .build(connector);
-        Arc::new(RpcClient { http, membership })
+        Arc::new(RpcClient {
+            connector,
+            pools: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            membership,
+        })
+    }
+
+    /// The pool of `address` and its generation, created on first use.
+    fn pool(&self, address: &str) -> (u64, PeerPool) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(address.to_string())
+            .or_insert_with(|| {
+                let pool = Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .http2_keep_alive_interval(Some(Duration::from_secs(5)))
+                    .http2_keep_alive_timeout(Duration::from_secs(5))
+                    .build(self.connector.clone());
+                (self.generation.fetch_add(1, Ordering::Relaxed), pool)
+            })
+            .clone()
+    }
+
+    /// Drops the pool of `address` if it is still generation `generation` (a newer one, made after
+    /// another call timed out, is kept).
+    fn discard_pool(&self, address: &str, generation: u64) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if pools.get(address).is_some_and(|(g, _)| *g == generation) {
+            pools.remove(address);
+        }
     }
 
     /// Sends `body` to member `peer` and waits at most `timeout` for the answer. Requests always try:
@@ -285,7 +322,8 @@ impl RpcClient {
             sender: self.membership.node_id().to_string(),
             body,
         };
-        let outcome = tokio::time::timeout(timeout, self.send(&address, &request)).await;
+        let (generation, pool) = self.pool(&address);
+        let outcome = tokio::time::timeout(timeout, Self::send(&pool, &address, &request)).await;
         let response = match outcome {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
@@ -293,6 +331,7 @@ impl RpcClient {
                 return Err(e);
             }
             Err(_) => {
+                self.discard_pool(&address, generation);
                 self.membership.record_failure(peer);
                 return Err(Error::PeerUnavailable(format!(
                     "{peer} timed out after {timeout:?}"
@@ -350,14 +389,17 @@ impl RpcClient {
         }
     }
 
-    async fn send(&self, address: &str, request: &RpcRequest) -> Result<RpcResponse, Error> {
+    async fn send(
+        pool: &PeerPool,
+        address: &str,
+        request: &RpcRequest,
+    ) -> Result<RpcResponse, Error> {
         let uri = format!("http://{address}{RPC_PATH}");
         let http_request = hyper::Request::post(uri)
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(Bytes::from(encode(request))))
             .map_err(|e| Error::Rpc(format!("cannot build request: {e}")))?;
-        let response = self
-            .http
+        let response = pool
             .request(http_request)
             .await
             .map_err(|e| Error::PeerUnavailable(format!("{address}: {e}")))?;

@@ -15,11 +15,12 @@
 //! Every wait here is bounded in time; every address is on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod chaos;
 pub mod kube;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -32,8 +33,8 @@ use tokio::net::TcpStream;
 
 pub use kvapi;
 use kvapi::{
-    ADMIN_CLUSTER, ADMIN_RING, ADMIN_STATUS, CONTEXT_HEADER, ClusterConfig, ErrorBody, Member,
-    NodeStatus, ReadResponse, RingView,
+    ADMIN_CLUSTER, ADMIN_DIGESTS, ADMIN_RING, ADMIN_STATUS, CONTEXT_HEADER, ClusterConfig,
+    ErrorBody, Member, NodeStatus, PartitionDigests, ReadResponse, RingView,
 };
 
 /// The prefix of the one line `kvnode` prints on stdout once it serves.
@@ -44,6 +45,25 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a node may take to exit after SIGTERM/SIGINT.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether this run is in CI (`CI=true` or `CI=1`), where a missing tool fails a test instead of
+/// skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// For a test that cannot run here (a tool or root missing, as `message` says): panics in CI, else
+/// prints a loud SKIPPED banner naming `test`, and the caller returns.
+pub fn skip_or_fail(test: &str, message: &str) {
+    if in_ci() {
+        panic!("{test}: {message} (CI=true: a missing prerequisite is a failure, not a skip)");
+    }
+    eprintln!(
+        "\n############################################################\n\
+         SKIPPED {test}: {message}\n\
+         ############################################################\n"
+    );
+}
 
 /// Path of the `kvnode` binary under test.
 ///
@@ -164,6 +184,7 @@ pub struct NodeProcess {
     addr: SocketAddr,
     stdout_lines: Arc<Mutex<Vec<String>>>,
     starts: u32,
+    paused: bool,
 }
 
 impl NodeProcess {
@@ -198,6 +219,7 @@ impl NodeProcess {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stdout_lines: Arc::new(Mutex::new(Vec::new())),
             starts: 0,
+            paused: false,
         };
         node.spawn();
         node
@@ -315,6 +337,7 @@ impl NodeProcess {
     }
 
     fn kill9_inner(&mut self) -> Option<ExitStatus> {
+        self.paused = false;
         let mut child = self.child.take()?;
         let _ = child.kill();
         child.wait().ok()
@@ -326,8 +349,8 @@ impl NodeProcess {
         self.kill9_inner();
     }
 
-    /// Sends `signal` (a name such as `TERM` or `INT`) and waits, bounded, for the process to exit.
-    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
+    /// Sends `signal` (a name such as `STOP`) to the running process.
+    fn signal(&self, signal: &str) {
         let pid = self.pid();
         let sent = Command::new("kill")
             .arg(format!("-{signal}"))
@@ -335,6 +358,29 @@ impl NodeProcess {
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -{signal} {pid} failed: {sent}");
+    }
+
+    /// SIGSTOP: the process keeps its sockets but runs nothing until [`NodeProcess::resume`].
+    pub fn pause(&mut self) {
+        assert!(!self.paused, "node is already paused");
+        self.signal("STOP");
+        self.paused = true;
+    }
+
+    /// SIGCONT after [`NodeProcess::pause`].
+    pub fn resume(&mut self) {
+        assert!(self.paused, "node is not paused");
+        self.signal("CONT");
+        self.paused = false;
+    }
+
+    /// Sends `signal` (a name such as `TERM` or `INT`) and waits, bounded, for the process to exit;
+    /// a paused process is resumed first.
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        if self.paused {
+            self.resume();
+        }
+        self.signal(signal);
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             let child = self.child.as_mut().expect("child");
@@ -738,20 +784,20 @@ impl KvClient {
 
     /// `GET /admin/v1/cluster`, `None` on a transport error or a non-200 answer.
     pub async fn try_admin_cluster(&self) -> Option<ClusterConfig> {
-        let resp = self
-            .try_request("GET", ADMIN_CLUSTER, &[], None)
-            .await
-            .ok()?;
-        if resp.status != 200 {
-            return None;
-        }
-        serde_json::from_slice(&resp.body).ok()
+        self.try_admin_get(ADMIN_CLUSTER).await
     }
 
     /// `PUT /admin/v1/cluster` with `config` as JSON.
     pub async fn put_admin_cluster(&self, config: &ClusterConfig) -> Resp {
+        self.try_put_admin_cluster(config)
+            .await
+            .unwrap_or_else(|e| panic!("PUT {ADMIN_CLUSTER} on {} failed: {e:?}", self.base))
+    }
+
+    /// `PUT /admin/v1/cluster`, returning transport errors.
+    pub async fn try_put_admin_cluster(&self, config: &ClusterConfig) -> reqwest::Result<Resp> {
         let body = serde_json::to_vec(config).expect("serialize ClusterConfig");
-        self.request(
+        self.try_request(
             "PUT",
             ADMIN_CLUSTER,
             &[("content-type", "application/json")],
@@ -794,10 +840,21 @@ impl KvClient {
 
     /// `GET /admin/v1/status`, `None` on a transport error, a non-200 answer or an unparsable body.
     pub async fn try_admin_status(&self) -> Option<NodeStatus> {
-        let resp = self
-            .try_request("GET", ADMIN_STATUS, &[], None)
-            .await
-            .ok()?;
+        self.try_admin_get(ADMIN_STATUS).await
+    }
+
+    /// `GET /admin/v1/ring`, `None` on a transport error, a non-200 answer or an unparsable body.
+    pub async fn try_admin_ring(&self) -> Option<RingView> {
+        self.try_admin_get(ADMIN_RING).await
+    }
+
+    /// `GET /admin/v1/digests`, `None` on a transport error, a non-200 answer or an unparsable body.
+    pub async fn try_admin_digests(&self) -> Option<PartitionDigests> {
+        self.try_admin_get(ADMIN_DIGESTS).await
+    }
+
+    async fn try_admin_get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
+        let resp = self.try_request("GET", path, &[], None).await.ok()?;
         if resp.status != 200 {
             return None;
         }
@@ -1117,6 +1174,10 @@ pub struct ClusterOptions {
     pub sloppy_quorum: bool,
     /// Extra flags for every node, such as `--anti-entropy-interval 1s`.
     pub node_args: Vec<String>,
+    /// When set, node `i` listens on host `first_host + i`, port [`HOST_PORT`], and connects to its
+    /// peers from that address (`--peer-source-address`), so firewall rules can tell nodes apart.
+    /// Otherwise every node is on 127.0.0.1 with a free port.
+    pub first_host: Option<Ipv4Addr>,
 }
 
 impl ClusterOptions {
@@ -1129,7 +1190,14 @@ impl ClusterOptions {
             r,
             sloppy_quorum: true,
             node_args: Vec::new(),
+            first_host: None,
         }
+    }
+
+    /// Puts node `i` on its own loopback host `first + i` (see [`ClusterOptions::first_host`]).
+    pub fn on_hosts(mut self, first: Ipv4Addr) -> Self {
+        self.first_host = Some(first);
+        self
     }
 
     /// Adds node flags.
@@ -1145,20 +1213,45 @@ impl ClusterOptions {
     }
 }
 
-/// Starts the node of `member` on its address with the cluster file at `config_path`.
-fn member_node(member: &Member, config_path: &Path, node_args: &[String]) -> NodeProcess {
-    NodeBuilder::new()
-        .without_listen()
-        .args([
-            "--node-id".to_owned(),
-            member.id.clone(),
-            "--listen".to_owned(),
-            member.address.clone(),
-            "--cluster-config".to_owned(),
-            config_path.to_string_lossy().into_owned(),
-        ])
-        .args(node_args.iter().cloned())
-        .start()
+/// The port of every node placed on a host of its own ([`ClusterOptions::first_host`]).
+pub const HOST_PORT: u16 = 7000;
+
+/// Member `kv-{i}`: on host `first_host + i` when given, else on a free port of 127.0.0.1.
+fn new_member(i: usize, first_host: Option<Ipv4Addr>) -> Member {
+    let address = match first_host {
+        Some(first) => {
+            let host = Ipv4Addr::from(u32::from(first) + i as u32);
+            format!("{host}:{HOST_PORT}")
+        }
+        None => format!("127.0.0.1:{}", free_ports(1)[0]),
+    };
+    Member {
+        id: format!("kv-{i}"),
+        address,
+    }
+}
+
+/// Starts the node of `member` on its address with the cluster file at `config_path`; with
+/// `own_host`, its peer connections leave from its own address.
+fn member_node(
+    member: &Member,
+    config_path: &Path,
+    node_args: &[String],
+    own_host: bool,
+) -> NodeProcess {
+    let mut builder = NodeBuilder::new().without_listen().args([
+        "--node-id".to_owned(),
+        member.id.clone(),
+        "--listen".to_owned(),
+        member.address.clone(),
+        "--cluster-config".to_owned(),
+        config_path.to_string_lossy().into_owned(),
+    ]);
+    if own_host {
+        let host = member.address.rsplit_once(':').expect("host:port").0;
+        builder = builder.args(["--peer-source-address", host]);
+    }
+    builder.args(node_args.iter().cloned()).start()
 }
 
 /// Several `kvnode` processes forming one cluster (`kv-0`, `kv-1`, … on ports picked up front).
@@ -1174,6 +1267,7 @@ pub struct Cluster {
     nodes: Vec<NodeProcess>,
     clients: Vec<KvClient>,
     node_args: Vec<String>,
+    first_host: Option<Ipv4Addr>,
     // Holds the config file; declared last so the nodes are dropped (killed) first.
     _config_dir: tempfile::TempDir,
 }
@@ -1195,18 +1289,11 @@ impl Cluster {
             r,
             sloppy_quorum,
             node_args,
+            first_host,
         } = options;
         assert!(n_nodes > 0, "a cluster needs at least one node");
         let t0 = Instant::now();
-        let ports = free_ports(n_nodes);
-        let members: Vec<Member> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| Member {
-                id: format!("kv-{i}"),
-                address: format!("127.0.0.1:{port}"),
-            })
-            .collect();
+        let members: Vec<Member> = (0..n_nodes).map(|i| new_member(i, first_host)).collect();
         let config = ClusterConfig {
             cluster: "test".to_owned(),
             epoch: 1,
@@ -1233,7 +1320,7 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(n_nodes);
         let mut clients = Vec::with_capacity(n_nodes);
         for member in &config.members {
-            let node = member_node(member, &config_path, &node_args);
+            let node = member_node(member, &config_path, &node_args, first_host.is_some());
             assert_eq!(
                 node.addr().to_string(),
                 member.address,
@@ -1252,6 +1339,7 @@ impl Cluster {
             nodes,
             clients,
             node_args,
+            first_host,
             _config_dir: config_dir,
         };
         for (i, client) in cluster.clients.iter().enumerate() {
@@ -1329,6 +1417,16 @@ impl Cluster {
         self.nodes[i].kill9();
     }
 
+    /// SIGSTOP node `i`: it keeps its sockets but answers nothing until [`Cluster::resume`].
+    pub fn pause(&mut self, i: usize) {
+        self.nodes[i].pause();
+    }
+
+    /// SIGCONT node `i` after [`Cluster::pause`].
+    pub fn resume(&mut self, i: usize) {
+        self.nodes[i].resume();
+    }
+
     /// SIGTERM node `i`, wait (bounded) for it to exit, and assert it exited with status 0.
     pub fn stop(&mut self, i: usize) {
         let status = self.nodes[i].stop();
@@ -1350,16 +1448,18 @@ impl Cluster {
         );
     }
 
-    /// Starts one more node, `kv-{len}` on a free loopback port, with the cluster's initial config
+    /// Starts one more node, `kv-{len}` placed like the others, with the cluster's initial config
     /// file (so it knows its peers' addresses) and the cluster's node flags; it is not a member until
     /// a config naming it is installed. Returns its index.
     pub async fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        let member = Member {
-            id: format!("kv-{i}"),
-            address: format!("127.0.0.1:{}", free_ports(1)[0]),
-        };
-        let node = member_node(&member, &self.config_path, &self.node_args);
+        let member = new_member(i, self.first_host);
+        let node = member_node(
+            &member,
+            &self.config_path,
+            &self.node_args,
+            self.first_host.is_some(),
+        );
         let client = KvClient::with_timeout(&node.base_url(), CLUSTER_CLIENT_TIMEOUT);
         assert!(
             wait_for_status(&client, kvapi::HEALTH_READY, 200, CLUSTER_READY_TIMEOUT).await,

@@ -1,0 +1,161 @@
+//! Chaos runs: five nodes in a network namespace of their own, a set workload recording every
+//! acknowledged write, and one kind of fault per test (partitions, `kill -9`, pauses, ring changes
+//! amid partitions and crashes). After healing, no acknowledged element may be missing and every
+//! partition's replicas must converge. Each test prints its seed and the command replaying it; see
+//! `docs/reliability.md`. Without root or iptables the namespaced tests skip loudly (fail in CI).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use kvcluster_tests::chaos::checker::check_sets;
+use kvcluster_tests::chaos::nemesis::NemesisKind;
+use kvcluster_tests::chaos::netns::run_isolated;
+use kvcluster_tests::chaos::workload::{RunningLoad, SetLoad, read_final_sets};
+use kvcluster_tests::chaos::{self, RunResult, RunSpec};
+use kvcluster_tests::{Cluster, ClusterOptions};
+
+/// How long each run injects faults.
+const FAULTS_FOR: Duration = Duration::from_secs(20);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs `kinds` as test `test` in its own namespace and asserts the run was sound.
+fn chaos_run(test: &'static str, kinds: &[NemesisKind], then: impl FnOnce(&RunResult)) {
+    run_isolated(test, || {
+        let result = runtime().block_on(chaos::run(RunSpec::new(test, kinds, FAULTS_FOR)));
+        assert_sound(&result);
+        then(&result);
+    });
+}
+
+fn assert_sound(result: &RunResult) {
+    let report = &result.report;
+    assert!(
+        report.acknowledged > 100,
+        "too few writes were acknowledged for the run to mean anything: {report}"
+    );
+    assert!(
+        report.lost.is_empty(),
+        "acknowledged writes were lost: {report}"
+    );
+    assert!(
+        report.unexpected.is_empty(),
+        "the final sets hold elements no client wrote: {report}"
+    );
+    if let Err(e) = &result.converged {
+        panic!("replicas did not converge after healing: {e}");
+    }
+    assert!(
+        result.disagreements.is_empty(),
+        "nodes answered different final sets after convergence: {:?}",
+        result.disagreements
+    );
+}
+
+#[test]
+fn partitions_lose_no_acknowledged_write() {
+    chaos_run(
+        "partitions_lose_no_acknowledged_write",
+        &[NemesisKind::Partition],
+        |result| {
+            assert!(
+                result.faults.0.len() >= 4,
+                "every partition shape was injected: {}",
+                result.faults
+            );
+            // The checker can fail: the recorded history against a final state missing one
+            // acknowledged element must name exactly that element.
+            let mut finals = result.finals.clone();
+            let victim = result
+                .history
+                .iter()
+                .find(|op| op.outcome == chaos::checker::Outcome::Acknowledged)
+                .expect("an acknowledged write");
+            finals
+                .get_mut(&victim.key)
+                .expect("its key")
+                .remove(&victim.element);
+            let report = check_sets(&result.history, &finals);
+            assert_eq!(
+                report.lost,
+                vec![(victim.key.clone(), victim.element)],
+                "the checker must flag the one removed acknowledged element: {report}"
+            );
+        },
+    );
+}
+
+#[test]
+fn crashes_lose_no_acknowledged_write() {
+    chaos_run(
+        "crashes_lose_no_acknowledged_write",
+        &[NemesisKind::Kill],
+        |_| {},
+    );
+}
+
+#[test]
+fn pauses_lose_no_acknowledged_write() {
+    chaos_run(
+        "pauses_lose_no_acknowledged_write",
+        &[NemesisKind::Pause],
+        |_| {},
+    );
+}
+
+#[test]
+fn ring_changes_amid_partitions_and_crashes_lose_no_acknowledged_write() {
+    chaos_run(
+        "ring_changes_amid_partitions_and_crashes_lose_no_acknowledged_write",
+        &[
+            NemesisKind::RingChange,
+            NemesisKind::Partition,
+            NemesisKind::Kill,
+        ],
+        |result| {
+            assert!(
+                result.faults.0.contains_key("ring change"),
+                "a ring change happened: {}",
+                result.faults
+            );
+        },
+    );
+}
+
+/// The checker can fail on a real run: with N=1, wiping the only replica's data directory mid-run
+/// loses acknowledged elements, and the checker must say so.
+#[test]
+fn wiping_the_only_replica_is_reported_as_lost_writes() {
+    runtime().block_on(async {
+        let mut cluster = Cluster::start_with(ClusterOptions::new(1, 1, 1, 1)).await;
+        let load = SetLoad {
+            clients: 2,
+            keys: 3,
+            max_ops_per_client: 5_000,
+            seed: chaos::seed("wiping_the_only_replica_is_reported_as_lost_writes"),
+        };
+        let nodes = vec![cluster.client(0).clone()];
+        let targets = std::sync::Arc::new(std::sync::Mutex::new(vec![0]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let running = RunningLoad::start(&load, nodes.clone(), targets, deadline);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::task::block_in_place(|| cluster.wipe(0));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let history = running.finish().await;
+        let (finals, _) = read_final_sets(&nodes, &[0], load.keys, 1).await;
+        let report = check_sets(&history, &finals);
+        eprintln!("N=1, only replica wiped mid-run: {report}");
+        assert!(
+            !report.lost.is_empty(),
+            "the wipe destroyed acknowledged elements, yet the checker reported none lost: {report}"
+        );
+        assert!(report.unexpected.is_empty(), "{report}");
+    });
+}
