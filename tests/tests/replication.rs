@@ -364,10 +364,11 @@ async fn a_node_down_during_a_config_change_learns_it_on_return() {
 async fn read_repair_fixes_a_replica_that_missed_a_write() {
     // Strict quorum and no anti-entropy: only read repair may bring kv-2 up to date, so the count of
     // repairs is exact (hints delivered on kv-2's return would otherwise fix some keys first).
-    let mut cluster = Cluster::start_with(ClusterOptions::new(3, 3, 2, 2).strict().args([
-        "--anti-entropy-interval",
-        "0s",
-    ]))
+    let mut cluster = Cluster::start_with(
+        ClusterOptions::new(3, 3, 2, 2)
+            .strict()
+            .args(["--anti-entropy-interval", "0s"]),
+    )
     .await;
     const KEYS: usize = 20;
     cluster.stop(2);
