@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # Debian packages: libclang for RocksDB's bindgen, a C++ toolchain for RocksDB itself; openssl, unzip
-# and util-linux (flock) for the real Kubernetes API server the operator tests run against.
-apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux)
+# and util-linux (flock) for the real Kubernetes API server the operator tests run against; iproute2
+# (ip netns) and iptables for the chaos tests' network namespaces and partitions.
+apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux iproute2 iptables)
 
 missing=()
 for package in "${apt_packages[@]}"; do
