@@ -47,16 +47,6 @@ fn parse_value(value: &[u8]) -> Option<(usize, usize)> {
     (value_of(parsed.0, parsed.1) == value).then_some(parsed)
 }
 
-fn seed() -> u64 {
-    match std::env::var("KVCHAOS_SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("KVCHAOS_SEED={text:?} is not a u64: {e}")),
-        Err(_) => rand::random(),
-    }
-}
-
 /// What the test knows about one key.
 #[derive(Debug, Default)]
 struct KeyState {
@@ -238,10 +228,9 @@ fn check_and_settle(h: &mut History, reads: Vec<ReadBack>, cycle: usize) -> (Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_kill9_cycles_lose_no_fsynced_write() {
-    let seed = seed();
+    let seed = kvcluster_tests::chaos::seed("hundred_kill9_cycles_lose_no_fsynced_write");
     eprintln!(
-        "crash cycles: seed {seed} (replay with KVCHAOS_SEED={seed}); {CYCLES} cycles, {KEYS} keys, \
-         {}..={} ms of load per cycle",
+        "crash cycles: {CYCLES} cycles, {KEYS} keys, {}..={} ms of load per cycle",
         LOAD_MS.0, LOAD_MS.1
     );
     let mut rng = SmallRng::seed_from_u64(seed);

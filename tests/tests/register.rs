@@ -110,16 +110,6 @@ fn check(writes: &[WriteOp], reads: &[ReadOp]) -> Vec<String> {
     violations
 }
 
-fn seed() -> u64 {
-    match std::env::var("KVCHAOS_SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("KVCHAOS_SEED={text:?} is not a u64: {e}")),
-        Err(_) => rand::random(),
-    }
-}
-
 /// Writes 1, 2, 3, … to register `key` through random nodes until `deadline` or the count bound.
 async fn writer(clients: Vec<KvClient>, key: usize, seed: u64, deadline: Instant) -> Vec<WriteOp> {
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -211,8 +201,8 @@ async fn reader(clients: Vec<KvClient>, seed: u64, deadline: Instant) -> (Vec<Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_after_an_acknowledged_write_sees_it_or_a_later_one() {
-    let seed = seed();
-    eprintln!("registers: seed {seed} (replay with KVCHAOS_SEED={seed})");
+    let seed =
+        kvcluster_tests::chaos::seed("a_read_after_an_acknowledged_write_sees_it_or_a_later_one");
     let cluster = Cluster::start(3, 3, 2, 2).await;
     let clients: Vec<KvClient> = (0..cluster.len())
         .map(|i| cluster.client(i).clone())
