@@ -1231,6 +1231,14 @@ fn new_member(i: usize, first_host: Option<Ipv4Addr>) -> Member {
     }
 }
 
+/// The host part of `member`'s `host:port` address.
+fn host_of(member: &Member) -> &str {
+    member
+        .address
+        .rsplit_once(':')
+        .map_or(member.address.as_str(), |(host, _)| host)
+}
+
 /// Starts the node of `member` on its address with the cluster file at `config_path`; with
 /// `own_host`, its peer connections leave from its own address.
 fn member_node(
@@ -1248,8 +1256,7 @@ fn member_node(
         config_path.to_string_lossy().into_owned(),
     ]);
     if own_host {
-        let host = member.address.rsplit_once(':').expect("host:port").0;
-        builder = builder.args(["--peer-source-address", host]);
+        builder = builder.args(["--peer-source-address", host_of(member)]);
     }
     builder.args(node_args.iter().cloned()).start()
 }
@@ -1474,6 +1481,15 @@ impl Cluster {
     /// The member entry of node `i`.
     pub fn member(&self, i: usize) -> Member {
         self.config.members[i].clone()
+    }
+
+    /// The host part of every node's address, in node order (for firewall rules).
+    pub fn hosts(&self) -> Vec<String> {
+        self.config
+            .members
+            .iter()
+            .map(|m| host_of(m).to_owned())
+            .collect()
     }
 
     /// Stops node `i` (SIGTERM), deletes its data directory, and starts it again empty.

@@ -181,17 +181,7 @@ fn a_healed_link_carries_requests_at_once() {
                     .args(["--anti-entropy-interval", "0s"]),
             )
             .await;
-            let hosts: Vec<String> = (0..3)
-                .map(|i| {
-                    cluster
-                        .member(i)
-                        .address
-                        .rsplit_once(':')
-                        .unwrap()
-                        .0
-                        .to_owned()
-                })
-                .collect();
+            let hosts = cluster.hosts();
             let via = cluster.client(0);
             // W=3 through kv-0 needs kv-1: every write crosses the link 0-1.
             let write = |i: u32| async move {

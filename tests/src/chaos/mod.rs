@@ -127,23 +127,14 @@ pub async fn run(spec: RunSpec) -> RunResult {
             ]),
     )
     .await;
-    let hosts: Vec<String> = (0..NODES)
-        .map(|i| {
-            cluster
-                .member(i)
-                .address
-                .rsplit_once(':')
-                .unwrap()
-                .0
-                .to_owned()
-        })
-        .collect();
+    let hosts = cluster.hosts();
     let nodes: Vec<KvClient> = (0..NODES)
         .map(|i| KvClient::with_timeout(cluster.client(i).base(), CLIENT_TIMEOUT))
         .collect();
     // The node that ring changes add and remove is never a client's coordinator: clients only
     // talk to members.
     let ring_node = NODES - 1;
+    let ring_member = cluster.member(ring_node);
     let coordinators: Vec<usize> = if spec.kinds.contains(&NemesisKind::RingChange) {
         (0..ring_node).collect()
     } else {
@@ -170,7 +161,7 @@ pub async fn run(spec: RunSpec) -> RunResult {
             Fault::Kill(i) => tokio::task::block_in_place(|| cluster.kill9(*i)),
             Fault::Pause(i) => cluster.pause(*i),
             Fault::RingChange => {
-                if !change_ring(&nodes, &coordinators, &mut members, ring_node).await {
+                if !change_ring(&nodes, &coordinators, &mut members, &ring_member).await {
                     eprintln!(
                         "[{at:>8.1?}] ring change skipped: the last one is still in progress"
                     );
@@ -228,13 +219,13 @@ pub async fn run(spec: RunSpec) -> RunResult {
     }
 }
 
-/// Removes `ring_node` from the ring, or adds it back, through the first coordinator that answers;
-/// false when a change is still in progress (or no coordinator answered).
+/// Removes `ring_member` from the ring, or adds it back, through the first coordinator that
+/// answers; false when a change is still in progress (or no coordinator answered).
 async fn change_ring(
     nodes: &[KvClient],
     coordinators: &[usize],
     members: &mut Vec<usize>,
-    ring_node: usize,
+    ring_member: &kvapi::Member,
 ) -> bool {
     for &via in coordinators {
         let Some(current) = nodes[via].try_admin_cluster().await else {
@@ -246,18 +237,10 @@ async fn change_ring(
         let mut next: ClusterConfig = current.clone();
         next.epoch += 1;
         next.transition_from = None;
-        let id = format!("kv-{ring_node}");
-        if next.members.iter().any(|m| m.id == id) {
-            next.members.retain(|m| m.id != id);
+        if next.members.iter().any(|m| m.id == ring_member.id) {
+            next.members.retain(|m| m.id != ring_member.id);
         } else {
-            next.members.push(kvapi::Member {
-                id,
-                address: format!(
-                    "{}:{}",
-                    Ipv4Addr::from(u32::from(FIRST_HOST) + ring_node as u32),
-                    crate::HOST_PORT
-                ),
-            });
+            next.members.push(ring_member.clone());
         }
         let Ok(resp) = nodes[via].try_put_admin_cluster(&next).await else {
             continue;
