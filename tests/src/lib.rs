@@ -17,6 +17,7 @@
 
 pub mod chaos;
 pub mod kube;
+pub mod load;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as _};

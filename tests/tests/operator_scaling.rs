@@ -27,6 +27,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kvapi::NodeStatus;
 use kvcluster_tests::kube::{ControlPlane, OperatorProcess};
+use kvcluster_tests::load::{LoadLimits, WriteLoad};
 use kvcluster_tests::{KvClient, NodeBuilder, NodeProcess, free_ports, wait_for_status};
 use kvoperator::crd::{Consistency, KVCluster};
 use serde_json::json;
@@ -41,11 +42,13 @@ const ROUND: Duration = Duration::from_millis(100);
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 /// Keys written before scaling, so there is data to move.
 const PRELOAD: usize = 300;
-/// Concurrent writers of the background load, and the pause between one writer's writes.
-const WRITERS: usize = 2;
-const WRITE_PAUSE: Duration = Duration::from_millis(10);
-/// Upper bound on the load's duration.
-const LOAD_LIMIT: Duration = Duration::from_secs(150);
+/// The background load: 2 writers, writes 10 ms apart, for at most 150 s.
+const LOAD: LoadLimits = LoadLimits {
+    writers: 2,
+    max_writes_per_writer: 15_000,
+    pause: Duration::from_millis(10),
+    limit: Duration::from_secs(150),
+};
 
 fn pod_name(i: u32) -> String {
     format!("{NAME}-{i}")
@@ -340,39 +343,6 @@ fn spawn_kubelets(
     })
 }
 
-/// Writes acknowledged by the load: `(key, value)`.
-type Acked = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
-
-fn start_load(
-    clients: Vec<KvClient>,
-    acked: Acked,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<u64>> {
-    (0..WRITERS)
-        .map(|w| {
-            let clients = clients.clone();
-            let acked = acked.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let mut failed = 0;
-                let mut n = 0usize;
-                while !stop.load(Ordering::Acquire) && started.elapsed() < LOAD_LIMIT {
-                    let key = format!("load-{w}-{n}").into_bytes();
-                    let value = format!("value-{w}-{n}").into_bytes();
-                    match clients[n % clients.len()].try_put(&key, &value, None).await {
-                        Ok(resp) if resp.status == 204 => acked.lock().unwrap().push((key, value)),
-                        _ => failed += 1,
-                    }
-                    n += 1;
-                    tokio::time::sleep(WRITE_PAUSE).await;
-                }
-                failed
-            })
-        })
-        .collect()
-}
-
 fn condition<'a>(kvc: &'a KVCluster, type_: &str) -> Option<&'a str> {
     kvc.status
         .as_ref()?
@@ -626,15 +596,7 @@ async fn operator_scales_a_ring_3_to_5_to_3_under_load_and_changes_quorums_in_pl
         .iter()
         .map(|p| KvClient::with_timeout(&format!("http://127.0.0.1:{p}"), Duration::from_secs(15)))
         .collect();
-    let acked: Acked = Arc::new(Mutex::new(Vec::new()));
-    for i in 0..PRELOAD {
-        let key = format!("pre-{i}").into_bytes();
-        let value = format!("pre-value-{i}").into_bytes();
-        stable[i % 3].put_ok(&key, &value, None).await;
-        acked.lock().unwrap().push((key, value));
-    }
-    let stop_load = Arc::new(AtomicBool::new(false));
-    let load = start_load(stable.clone(), acked.clone(), stop_load.clone());
+    let load = WriteLoad::start(&stable, PRELOAD, LOAD).await;
 
     // Scale up 3 → 5.
     let epoch_3 = status.ring_epoch;
@@ -652,7 +614,7 @@ async fn operator_scales_a_ring_3_to_5_to_3_under_load_and_changes_quorums_in_pl
     let epoch_5 = kvc.status.as_ref().unwrap().ring_epoch;
     eprintln!(
         "3 -> 5: settled at epoch {epoch_5} in {up_time:?}; {} writes acknowledged so far",
-        acked.lock().unwrap().len()
+        load.acknowledged()
     );
     assert_eq!(
         kvc.status.as_ref().unwrap().members,
@@ -714,12 +676,7 @@ async fn operator_scales_a_ring_3_to_5_to_3_under_load_and_changes_quorums_in_pl
     }
 
     // Every acknowledged write reads back with R=2 through the remaining nodes.
-    stop_load.store(true, Ordering::Release);
-    let mut failed = 0;
-    for task in load {
-        failed += task.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let (acked, failed) = load.finish().await;
     let mut lost = Vec::new();
     for (n, (key, value)) in acked.iter().enumerate() {
         let resp = stable[n % 3].get_json_with_query(key, "?r=2").await;

@@ -4,61 +4,22 @@
 //! ring settled without them and they hold no hints.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kvcluster_tests::load::{LoadLimits, WriteLoad};
 use kvcluster_tests::{Cluster, KvClient, metric_sum};
 
 /// Keys written before the first change, so there is data to move.
 const PRELOAD: usize = 3_000;
-/// Concurrent writers of the background load.
-const WRITERS: usize = 4;
-/// Writes per writer, at most.
-const MAX_WRITES_PER_WRITER: usize = 20_000;
-/// Pause between one writer's writes.
-const WRITE_PAUSE: Duration = Duration::from_millis(5);
-/// Longest time the load may run.
-const LOAD_LIMIT: Duration = Duration::from_secs(300);
+/// The background load: 4 writers, each at most 20,000 writes 5 ms apart, for at most 300 s.
+const LOAD: LoadLimits = LoadLimits {
+    writers: 4,
+    max_writes_per_writer: 20_000,
+    pause: Duration::from_millis(5),
+    limit: Duration::from_secs(300),
+};
 /// Longest time one membership change may take to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// The writes a writer saw acknowledged: `(key, value)`.
-type Acked = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
-
-/// Starts `WRITERS` writers of unique keys through `clients`, bounded in count and time; each
-/// acknowledged write is recorded, failures (503 during changes is allowed) are counted.
-fn start_load(
-    clients: Vec<KvClient>,
-    acked: Acked,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<u64>> {
-    (0..WRITERS)
-        .map(|w| {
-            let clients = clients.clone();
-            let acked = acked.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let mut failed = 0;
-                for n in 0..MAX_WRITES_PER_WRITER {
-                    if stop.load(Ordering::Acquire) || started.elapsed() > LOAD_LIMIT {
-                        break;
-                    }
-                    let key = format!("load-{w}-{n}").into_bytes();
-                    let value = format!("value-{w}-{n}").into_bytes();
-                    let client = &clients[n % clients.len()];
-                    match client.try_put(&key, &value, None).await {
-                        Ok(resp) if resp.status == 204 => acked.lock().unwrap().push((key, value)),
-                        _ => failed += 1,
-                    }
-                    tokio::time::sleep(WRITE_PAUSE).await;
-                }
-                failed
-            })
-        })
-        .collect()
-}
 
 async fn transfer_keys(cluster: &Cluster, nodes: &[usize]) -> f64 {
     let mut total = 0.0;
@@ -72,16 +33,8 @@ async fn transfer_keys(cluster: &Cluster, nodes: &[usize]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn growing_to_five_and_back_to_three_under_load_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(3, 3, 2, 2).await;
-    let acked: Acked = Arc::new(Mutex::new(Vec::new()));
-    for i in 0..PRELOAD {
-        let key = format!("pre-{i}").into_bytes();
-        let value = format!("pre-value-{i}").into_bytes();
-        cluster.client(i % 3).put_ok(&key, &value, None).await;
-        acked.lock().unwrap().push((key, value));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
     let stable: Vec<KvClient> = (0..3).map(|i| cluster.client(i).clone()).collect();
-    let load = start_load(stable, acked.clone(), stop.clone());
+    let load = WriteLoad::start(&stable, PRELOAD, LOAD).await;
 
     // Grow: start two nodes, then offer a config naming them.
     let a = cluster.add_node().await;
@@ -93,7 +46,7 @@ async fn growing_to_five_and_back_to_three_under_load_loses_no_acknowledged_writ
     let resp = cluster.write_config(0, &grow).await;
     assert_eq!(resp.status, 200, "{resp}");
     let t0 = Instant::now();
-    let keys_at_grow = acked.lock().unwrap().len();
+    let keys_at_grow = load.acknowledged();
     let grown = cluster
         .wait_settled(&[0, 1, 2, a, b], grow.epoch + 1, SETTLE_TIMEOUT)
         .await
@@ -115,7 +68,7 @@ async fn growing_to_five_and_back_to_three_under_load_loses_no_acknowledged_writ
     let resp = cluster.write_config(0, &shrink).await;
     assert_eq!(resp.status, 200, "{resp}");
     let t1 = Instant::now();
-    let keys_at_shrink = acked.lock().unwrap().len();
+    let keys_at_shrink = load.acknowledged();
     let shrunk = cluster
         .wait_settled(&[0, 1, 2], shrink.epoch + 1, SETTLE_TIMEOUT)
         .await
@@ -147,12 +100,7 @@ async fn growing_to_five_and_back_to_three_under_load_loses_no_acknowledged_writ
     cluster.stop(a);
     cluster.stop(b);
 
-    stop.store(true, Ordering::Release);
-    let mut failed = 0;
-    for task in load {
-        failed += task.await.expect("writer task");
-    }
-    let acked = acked.lock().unwrap().clone();
+    let (acked, failed) = load.finish().await;
     eprintln!("load: {} writes acknowledged, {failed} not", acked.len());
 
     // Every acknowledged write reads back (R = 2 through each remaining node in turn).
