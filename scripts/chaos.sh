@@ -17,7 +17,7 @@ cargo build --workspace --all-targets --locked
 for round in $(seq 1 "$runs"); do
   echo "== chaos round $round of $runs: ${KVCHAOS_FAULTS_SECONDS} s of faults per test"
   cargo test --workspace --all-targets --locked -- --nocapture lose_no_acknowledged_write 2>&1 |
-    grep -E '^(== |   [a-z])|seed [0-9]+; replay|ring change|test result: ok\. [1-9]|FAILED|panicked'
+    grep --line-buffered -E '^(== |   [a-z])|seed [0-9]+; replay|ring change|test result: ok\. [1-9]|FAILED|panicked'
 done
 echo "== crash cycles and registers"
 cargo test --workspace --all-targets --locked -- --nocapture \

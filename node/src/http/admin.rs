@@ -1,0 +1,195 @@
+//! Health, metrics and the `/admin/v1/` routes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{Node, error_response, method_not_allowed, read_value};
+use crate::error::Error;
+
+pub(super) async fn live(request: Request) -> Response {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return method_not_allowed(request.method());
+    }
+    (StatusCode::OK, "live\n").into_response()
+}
+
+pub(super) async fn ready(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return method_not_allowed(request.method());
+    }
+    if node.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        error_response(&Error::Unavailable("node is not ready".into()))
+    }
+}
+
+pub(super) async fn metrics(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return method_not_allowed(request.method());
+    }
+    match node.replica.live_data_bytes() {
+        Ok(bytes) => node
+            .metrics
+            .storage_live_data_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+        Err(e) => tracing::warn!(error = %e, "cannot read the live data size"),
+    }
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET` reads the cluster config; `PUT` installs a newer one (409 when not newer).
+pub(super) async fn admin_cluster(State(node): State<Arc<Node>>, request: Request) -> Response {
+    let outcome = async {
+        authorize(&node, request.headers())?;
+        match *request.method() {
+            Method::GET => Ok(axum::Json(node.membership.view().config.clone()).into_response()),
+            Method::PUT => {
+                let bytes = read_value(request, 1024 * 1024).await?;
+                let config: kvapi::ClusterConfig = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::BadConfig(format!("not a cluster config: {e}")))?;
+                let offered = config.epoch;
+                if node.membership.propose(config)? {
+                    Ok(axum::Json(node.membership.view().config.clone()).into_response())
+                } else {
+                    Err(Error::StaleEpoch {
+                        offered,
+                        current: node.membership.view().config.epoch,
+                    })
+                }
+            }
+            ref other => Err(Error::MethodNotAllowed {
+                method: other.to_string(),
+                allow: "GET, PUT",
+            }),
+        }
+    };
+    outcome.await.unwrap_or_else(|e| error_response(&e))
+}
+
+/// `GET`: partition → preference list under the current config.
+pub(super) async fn admin_ring(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if let Err(e) = authorize(&node, request.headers()) {
+        return error_response(&e);
+    }
+    if request.method() != Method::GET {
+        return method_not_allowed(request.method());
+    }
+    let view = node.membership.view();
+    let partitions = (0..view.ring.partitions())
+        .map(|p| kvapi::PartitionView {
+            partition: p,
+            replicas: view
+                .ring
+                .preference_list(p as u16)
+                .map(String::from)
+                .collect(),
+        })
+        .collect();
+    axum::Json(kvapi::RingView {
+        epoch: view.config.epoch,
+        partitions,
+    })
+    .into_response()
+}
+
+pub(super) async fn admin_digests(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if let Err(e) = authorize(&node, request.headers()) {
+        return error_response(&e);
+    }
+    if request.method() != Method::GET {
+        return method_not_allowed(request.method());
+    }
+    let view = node.membership.view();
+    let replica = node.replica.clone();
+    let partitions = view.ring.partitions() as u16;
+    let scanned = tokio::task::spawn_blocking(move || {
+        let mut digests = Vec::new();
+        for p in 0..partitions {
+            let summary = replica.storage().summary(p)?;
+            if summary.keys > 0 {
+                digests.push(kvapi::PartitionDigest {
+                    partition: p.into(),
+                    root: format!("{:016x}", summary.root),
+                    keys: summary.keys,
+                });
+            }
+        }
+        Ok::<_, Error>(digests)
+    })
+    .await;
+    match scanned.map_err(Error::from).and_then(|digests| digests) {
+        Ok(partitions) => axum::Json(kvapi::PartitionDigests {
+            node_id: node.membership.node_id().to_string(),
+            epoch: view.config.epoch,
+            partitions,
+        })
+        .into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// This node's view of the cluster, its hints and its transfers.
+fn node_status(node: &Node) -> kvapi::NodeStatus {
+    let view = node.membership.view();
+    let node_id = node.membership.node_id().to_string();
+    kvapi::NodeStatus {
+        member: view.config.member(&node_id).is_some(),
+        node_id,
+        config: view.config.clone(),
+        peers: node.membership.peer_statuses(),
+        hints_pending: node.replica.storage().hints_pending(),
+        draining: node.handoff.draining(),
+        transfer: node.transfers.status(),
+    }
+}
+
+/// `GET`: this node's view of the cluster.
+pub(super) async fn admin_status(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if let Err(e) = authorize(&node, request.headers()) {
+        return error_response(&e);
+    }
+    if request.method() != Method::GET {
+        return method_not_allowed(request.method());
+    }
+    axum::Json(node_status(&node)).into_response()
+}
+
+/// `POST`: start handing off everything this node holds (hints at once); answers 202 with the
+/// status, in which `draining` and `hints_pending` show the progress.
+pub(super) async fn admin_drain(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if let Err(e) = authorize(&node, request.headers()) {
+        return error_response(&e);
+    }
+    if request.method() != Method::POST {
+        return error_response(&Error::MethodNotAllowed {
+            method: request.method().to_string(),
+            allow: "POST",
+        });
+    }
+    node.handoff.drain();
+    (StatusCode::ACCEPTED, axum::Json(node_status(&node))).into_response()
+}
+
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Error> {
+    let Some(token) = &node.admin_token else {
+        return Ok(());
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if offered == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
+}

@@ -1,0 +1,283 @@
+//! HTTP: the routes of a node and the connection loop that enforces the transport limits.
+//!
+//! - `kv`: the public key-value routes, which parse and validate requests and call the coordinator;
+//! - `admin`: health, metrics and the `/admin/v1/` routes;
+//! - `peer`: peer RPC, one message in and one answer out.
+//!
+//! This module holds what they share, and is the one place where [`Error`]s become HTTP statuses.
+//! None of them touches storage directly.
+
+mod admin;
+mod kv;
+mod peer;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use kvapi::{CONTEXT_HEADER, ErrorBody, codes};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
+
+use crate::coordinator::Coordinator;
+use crate::error::Error;
+use crate::handoff::Handoff;
+use crate::handoff::transfer::Transfers;
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::replica::Replica;
+use crate::rpc::{self, RpcClient};
+
+/// Largest `timeout_ms` a request may ask for.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// What the request handlers need: the coordinator and the layers peers talk to, metrics and limits.
+pub struct Node {
+    /// Runs client requests across replicas.
+    pub coordinator: Coordinator,
+    /// This node's data, for peers' reads and merges.
+    pub replica: Arc<Replica>,
+    /// The cluster config and peers' liveness.
+    pub membership: Arc<Membership>,
+    /// Peer client, to catch up with a peer that announces a newer epoch.
+    pub rpc: Arc<RpcClient>,
+    /// Hints held and delivered for other nodes.
+    pub handoff: Arc<Handoff>,
+    /// Partitions received during membership changes.
+    pub transfers: Arc<Transfers>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest accepted value, in bytes.
+    pub max_value_bytes: usize,
+    /// Deadline of a request that names none.
+    pub request_timeout: Duration,
+    /// Bearer token required on admin routes, when set.
+    pub admin_token: Option<String>,
+    /// False while starting or shutting down: readiness and key routes answer 503.
+    pub ready: AtomicBool,
+}
+
+/// Transport limits of the connection loop.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Time allowed for a request head to arrive.
+    pub header_read_timeout: Duration,
+    /// A connection with no read for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// The router of every HTTP route of the node.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/kv", any(kv::kv))
+        .route("/v1/kv/", any(kv::kv))
+        .route("/v1/kv/{*key}", any(kv::kv))
+        .route(kvapi::HEALTH_LIVE, any(admin::live))
+        .route(kvapi::HEALTH_READY, any(admin::ready))
+        .route(kvapi::METRICS, any(admin::metrics))
+        .route(kvapi::ADMIN_CLUSTER, any(admin::admin_cluster))
+        .route(kvapi::ADMIN_RING, any(admin::admin_ring))
+        .route(kvapi::ADMIN_STATUS, any(admin::admin_status))
+        .route(kvapi::ADMIN_DIGESTS, any(admin::admin_digests))
+        .route(kvapi::ADMIN_DRAIN, any(admin::admin_drain))
+        .route(rpc::RPC_PATH, any(peer::peer_rpc))
+        .fallback(no_route)
+        .with_state(node)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish
+/// within the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Take a connection slot before accepting, so excess clients wait in the kernel's backlog
+        // instead of costing memory here.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Usually EMFILE: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_read_timeout(Some(limits.idle_timeout));
+        let io = TokioIo::new(Box::pin(stream));
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection(io, service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the shutdown grace period");
+    }
+}
+
+/// Reads the body, refusing it as soon as it is known to exceed `limit`: up front from
+/// `Content-Length`, or while streaming otherwise. Never buffers more than `limit` bytes.
+async fn read_value(request: Request, limit: usize) -> Result<Vec<u8>, Error> {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit as u64) {
+        return Err(Error::ValueTooLarge { limit });
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(Error::ValueTooLarge { limit })
+        }
+        Err(e) => Err(Error::BadBody(e.to_string())),
+    }
+}
+
+async fn no_route(request: Request) -> Response {
+    error_response(&Error::NoRoute(request.uri().path().to_string()))
+}
+
+fn method_not_allowed(method: &Method) -> Response {
+    error_response(&Error::MethodNotAllowed {
+        method: method.to_string(),
+        allow: "GET, HEAD",
+    })
+}
+
+/// The one mapping from [`Error`] to an HTTP status and JSON body.
+fn insert_context(headers: &mut HeaderMap, context: &str) {
+    // Tokens are base64url, always a valid header value.
+    if let Ok(value) = HeaderValue::from_str(context) {
+        headers.insert(CONTEXT_HEADER, value);
+    }
+}
+
+fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
+    if let Error::Remote { status, body } = error {
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return (status, body.clone());
+    }
+    let (status, code) = match error {
+        Error::BadKey(_) => (StatusCode::BAD_REQUEST, codes::BAD_KEY),
+        Error::BadParameter(_) => (StatusCode::BAD_REQUEST, codes::BAD_PARAMETER),
+        Error::BadContext(_) => (StatusCode::BAD_REQUEST, codes::BAD_CONTEXT),
+        Error::BadBody(_) => (StatusCode::BAD_REQUEST, codes::BAD_BODY),
+        Error::BadConfig(_) => (StatusCode::BAD_REQUEST, codes::BAD_CONFIG),
+        Error::Rpc(_) => (StatusCode::BAD_REQUEST, codes::BAD_RPC),
+        Error::Unauthorized => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
+        Error::NoRoute(_) | Error::KeyNotFound => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
+        Error::MethodNotAllowed { .. } => {
+            (StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED)
+        }
+        Error::TooManySiblings { .. } => (StatusCode::CONFLICT, codes::TOO_MANY_SIBLINGS),
+        Error::StaleEpoch { .. } | Error::NotOwner(_) => (StatusCode::CONFLICT, codes::STALE_EPOCH),
+        Error::TransitionInProgress(_) => (StatusCode::CONFLICT, codes::TRANSITION_IN_PROGRESS),
+        Error::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::VALUE_TOO_LARGE),
+        Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, codes::DEADLINE_EXCEEDED),
+        Error::QuorumNotReached { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, codes::QUORUM_NOT_REACHED)
+        }
+        Error::Unavailable(_) | Error::PeerUnavailable(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
+        }
+        Error::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::CORRUPT_RECORD),
+        Error::Storage(_) | Error::Internal(_) | Error::Remote { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL)
+        }
+    };
+    let (replied, required) = match error {
+        Error::QuorumNotReached { replied, required } => (Some(*replied), Some(*required)),
+        _ => (None, None),
+    };
+    let body = ErrorBody {
+        error: code.to_string(),
+        message: error.to_string(),
+        context: match error {
+            Error::TooManySiblings { context, .. } => Some(context.clone()),
+            _ => None,
+        },
+        replied,
+        required,
+    };
+    (status, body)
+}
+
+/// An error as a response: [`error_parts`] plus the headers some errors carry.
+fn error_response(error: &Error) -> Response {
+    let (status, body) = error_parts(error);
+    if status.is_server_error() {
+        tracing::warn!(%error, "request failed");
+    }
+    let context = body.context.clone();
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Error::MethodNotAllowed { allow, .. } = error {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(context) = context {
+        insert_context(response.headers_mut(), &context);
+    }
+    if let Error::ValueTooLarge { .. } = error {
+        // The rest of the body was never read: the connection cannot carry another request, and
+        // saying so keeps clients from reusing it.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}

@@ -1,0 +1,163 @@
+//! `POST /internal/v1/rpc`: a peer's message in, this node's answer out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{MAX_TIMEOUT_MS, Node, error_parts, error_response, read_value};
+use crate::antientropy::PAGE_BYTES;
+use crate::causality::SiblingSet;
+use crate::error::Error;
+use crate::rpc::{self, RequestBody, ResponseBody, RpcRequest, RpcResponse};
+
+/// `POST /internal/v1/rpc`: one peer message in, one answer out.
+pub(super) async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) -> Response {
+    if request.method() != Method::POST {
+        return error_response(&Error::MethodNotAllowed {
+            method: request.method().to_string(),
+            allow: "POST",
+        });
+    }
+    let outcome = async {
+        let bytes = read_value(request, rpc::MAX_RPC_BYTES).await?;
+        let message: RpcRequest = rpc::decode(&bytes)?;
+        let view = node.membership.view();
+        if view.config.epoch > 0 && message.cluster != view.config.cluster {
+            return Err(Error::BadConfig(format!(
+                "message from cluster {:?}, this node belongs to {:?}",
+                message.cluster, view.config.cluster
+            )));
+        }
+        if view.config.any_member(&message.sender).is_some() {
+            // A message from a peer proves it is up: end its backoff now rather than at the next ping.
+            node.membership
+                .record_success(&message.sender, message.epoch);
+        }
+        if message.epoch > view.config.epoch {
+            node.rpc.catch_up(&message.sender);
+        }
+        let body = answer_peer(&node, message.body).await;
+        Ok(rpc::encode(&RpcResponse {
+            epoch: node.membership.view().config.epoch,
+            body,
+        }))
+    };
+    match outcome.await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The answer to one peer message; a failure travels back as [`ResponseBody::Failed`].
+async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
+    let result = match body {
+        RequestBody::Ping => Ok(ResponseBody::Pong),
+        RequestBody::FetchConfig => Ok(ResponseBody::Config(node.membership.view().config.clone())),
+        RequestBody::Read { partition, key } => node
+            .replica
+            .read(partition, key.into())
+            .await
+            .map(|set| ResponseBody::State(SiblingSet::clone(&set))),
+        RequestBody::Merge {
+            partition,
+            key,
+            set,
+        } => match check_owner(node, partition) {
+            Ok(()) => node
+                .replica
+                .merge(partition, key.into(), set)
+                .await
+                .map(|_| ResponseBody::Merged),
+            Err(e) => Err(e),
+        },
+        RequestBody::MergeBatch { partition, records } => match check_owner(node, partition) {
+            Ok(()) => node
+                .replica
+                .merge_many(partition, records)
+                .await
+                .map(ResponseBody::Changed),
+            Err(e) => Err(e),
+        },
+        RequestBody::StoreHint { target, hint } => node
+            .handoff
+            .store(target, hint)
+            .await
+            .map(|()| ResponseBody::Merged),
+        RequestBody::DeliverHints(hints) => node
+            .handoff
+            .accept(hints)
+            .await
+            .map(|()| ResponseBody::Merged),
+        RequestBody::Summary { partition } => node
+            .replica
+            .with_storage(move |s| s.summary(partition))
+            .await
+            .map(|summary| ResponseBody::Summary(summary.leaves)),
+        RequestBody::FetchSegments {
+            partition,
+            segments,
+            after,
+            max_bytes,
+        } => {
+            // A peer's budget is honoured up to a few pages, so no answer grows without bound.
+            let budget = max_bytes.min(4 * PAGE_BYTES) as usize;
+            node.replica
+                .with_storage(move |s| {
+                    s.scan_segments(partition, &segments, after.as_deref(), budget)
+                })
+                .await
+                .map(|page| ResponseBody::Records {
+                    records: page.records,
+                    next: page.next,
+                })
+        }
+        RequestBody::PurgeTombstones { partition, keys } => node
+            .replica
+            .purge_tombstones(partition, keys)
+            .await
+            .map(ResponseBody::Changed),
+        RequestBody::TransferProgress => {
+            let (epoch, done) = node.transfers.progress();
+            Ok(ResponseBody::Progress { epoch, done })
+        }
+        RequestBody::Coordinate {
+            key,
+            context,
+            value,
+            w,
+            timeout_ms,
+        } => {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS));
+            node.coordinator
+                .write(key.into(), context, value, w, deadline, true)
+                .await
+                .map(|set| ResponseBody::State(SiblingSet::clone(&set)))
+        }
+    };
+    result.unwrap_or_else(|e| {
+        let (status, error) = error_parts(&e);
+        ResponseBody::Failed {
+            status: status.as_u16(),
+            error,
+        }
+    })
+}
+
+/// Refuses replica writes for a partition this node does not hold at its epoch: the sender follows
+/// an older config, and the answer's epoch makes it catch up.
+fn check_owner(node: &Node, partition: u16) -> Result<(), Error> {
+    let view = node.membership.view();
+    if view.is_owner(node.membership.node_id(), partition) {
+        Ok(())
+    } else {
+        Err(Error::NotOwner(format!(
+            "{} does not hold partition {partition} at epoch {}",
+            node.membership.node_id(),
+            view.config.epoch
+        )))
+    }
+}
