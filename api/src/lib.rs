@@ -113,7 +113,7 @@ pub const ADMIN_RING: &str = "/admin/v1/ring";
 /// Admin route of this node's view: `GET` gives a [`NodeStatus`].
 pub const ADMIN_STATUS: &str = "/admin/v1/status";
 /// Admin route of this node's partition digests: `GET` gives a [`PartitionDigests`]; replicas of a
-/// partition hold identical data exactly when their digests of it are equal.
+/// partition hold identical data when their digests of it are equal (barring a 64-bit hash collision).
 pub const ADMIN_DIGESTS: &str = "/admin/v1/digests";
 /// Admin route that makes a node hand off everything it holds: `POST` starts it (idempotent), and
 /// [`NodeStatus::draining`] and [`NodeStatus::hints_pending`] show the progress.

@@ -79,6 +79,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             Ok(())
         })
     });
+    if let Some(source) = config.peer_source_address {
+        // An address this host does not have would make every peer look unreachable: refuse it.
+        std::net::TcpListener::bind((source, 0)).map_err(|e| {
+            Error::Unavailable(format!(
+                "--peer-source-address {source} is not usable here: {e}"
+            ))
+        })?;
+    }
     let rpc = RpcClient::new(membership.clone(), config.peer_source_address);
     let handoff = Handoff::new(
         membership.clone(),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -246,19 +246,30 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
 
 /// Sends RPCs to peers over pooled HTTP/2 connections, tracking their liveness and epochs.
 ///
-/// Each peer address has a connection pool of its own. A call that times out discards its peer's
-/// pool: over a connection whose packets were dropped (a network partition, a paused peer), every
-/// later request would wait for TCP's retransmission backoff long after the network healed, while
-/// a new connection works at once.
+/// Each peer address has a connection pool of its own. A call that times out after waiting at
+/// least [`STALL_TIMEOUT`], with no answer on that pool since it started, discards the pool: over a
+/// connection whose packets were dropped (a network partition, a paused peer) every later request
+/// would wait for TCP's retransmission backoff long after the network healed, while a new
+/// connection works at once. A call given less time says nothing about the connection.
 pub struct RpcClient {
     connector: HttpConnector,
-    pools: Mutex<HashMap<String, (u64, PeerPool)>>,
+    pools: Mutex<HashMap<String, PeerPool>>,
     generation: AtomicU64,
     membership: Arc<Membership>,
 }
 
+/// The shortest timeout after which a call with no answer condemns its connection pool.
+pub const STALL_TIMEOUT: Duration = PING_INTERVAL;
+
 /// The connection pool of one peer address.
-type PeerPool = Client<HttpConnector, Full<Bytes>>;
+#[derive(Clone)]
+struct PeerPool {
+    /// Tells this pool from one made after it was discarded.
+    generation: u64,
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// When a call on this pool last got an answer.
+    last_answer: Arc<Mutex<Option<Instant>>>,
+}
 
 impl RpcClient {
     /// A client for the peers of `membership`, connecting from `source` when given.
@@ -275,29 +286,49 @@ impl RpcClient {
         })
     }
 
-    /// The pool of `address` and its generation, created on first use.
-    fn pool(&self, address: &str) -> (u64, PeerPool) {
+    /// The pool of `address`, created on first use.
+    fn pool(&self, address: &str) -> PeerPool {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools
-            .entry(address.to_string())
-            .or_insert_with(|| {
-                let pool = Client::builder(TokioExecutor::new())
-                    .http2_only(true)
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .http2_keep_alive_interval(Some(Duration::from_secs(5)))
-                    .http2_keep_alive_timeout(Duration::from_secs(5))
-                    .build(self.connector.clone());
-                (self.generation.fetch_add(1, Ordering::Relaxed), pool)
-            })
-            .clone()
+        if let Some(pool) = pools.get(address) {
+            return pool.clone();
+        }
+        let pool = PeerPool {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .http2_keep_alive_interval(Some(Duration::from_secs(5)))
+                .http2_keep_alive_timeout(Duration::from_secs(5))
+                .build(self.connector.clone()),
+            last_answer: Arc::new(Mutex::new(None)),
+        };
+        pools.insert(address.to_string(), pool.clone());
+        pool
     }
 
-    /// Drops the pool of `address` if it is still generation `generation` (a newer one, made after
-    /// another call timed out, is kept).
-    fn discard_pool(&self, address: &str, generation: u64) {
+    /// After a call on `pool` that started at `started` timed out after `timeout`: drops the pool
+    /// if it looks stalled (see [`RpcClient`]) and is still the current one for `address`.
+    fn discard_if_stalled(
+        &self,
+        address: &str,
+        pool: &PeerPool,
+        started: Instant,
+        timeout: Duration,
+    ) {
+        let answered_since = pool
+            .last_answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at >= started);
+        if timeout < STALL_TIMEOUT || answered_since {
+            return;
+        }
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if pools.get(address).is_some_and(|(g, _)| *g == generation) {
+        if pools
+            .get(address)
+            .is_some_and(|current| current.generation == pool.generation)
+        {
             pools.remove(address);
         }
     }
@@ -322,16 +353,21 @@ impl RpcClient {
             sender: self.membership.node_id().to_string(),
             body,
         };
-        let (generation, pool) = self.pool(&address);
-        let outcome = tokio::time::timeout(timeout, Self::send(&pool, &address, &request)).await;
+        let pool = self.pool(&address);
+        let started = Instant::now();
+        let outcome =
+            tokio::time::timeout(timeout, Self::send(&pool.client, &address, &request)).await;
         let response = match outcome {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => {
+                *pool.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                response
+            }
             Ok(Err(e)) => {
                 self.membership.record_failure(peer);
                 return Err(e);
             }
             Err(_) => {
-                self.discard_pool(&address, generation);
+                self.discard_if_stalled(&address, &pool, started, timeout);
                 self.membership.record_failure(peer);
                 return Err(Error::PeerUnavailable(format!(
                     "{peer} timed out after {timeout:?}"
@@ -390,7 +426,7 @@ impl RpcClient {
     }
 
     async fn send(
-        pool: &PeerPool,
+        pool: &Client<HttpConnector, Full<Bytes>>,
         address: &str,
         request: &RpcRequest,
     ) -> Result<RpcResponse, Error> {

@@ -101,6 +101,7 @@ pub(super) async fn admin_ring(State(node): State<Arc<Node>>, request: Request) 
     .into_response()
 }
 
+/// `GET /admin/v1/digests`: the Merkle root of every partition holding a record here.
 pub(super) async fn admin_digests(State(node): State<Arc<Node>>, request: Request) -> Response {
     if let Err(e) = authorize(&node, request.headers()) {
         return error_response(&e);
@@ -110,10 +111,12 @@ pub(super) async fn admin_digests(State(node): State<Arc<Node>>, request: Reques
     }
     let view = node.membership.view();
     let replica = node.replica.clone();
-    let partitions = view.ring.partitions() as u16;
+    let partitions = view.ring.partitions();
     let scanned = tokio::task::spawn_blocking(move || {
         let mut digests = Vec::new();
-        for p in 0..partitions {
+        for partition in 0..partitions {
+            // Partition numbers are below 65,536, so they fit the on-disk u16.
+            let p = partition as u16;
             let summary = replica.storage().summary(p)?;
             if summary.keys > 0 {
                 digests.push(kvapi::PartitionDigest {

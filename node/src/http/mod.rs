@@ -5,7 +5,8 @@
 //! - `peer`: peer RPC, one message in and one answer out.
 //!
 //! This module holds what they share, and is the one place where [`Error`]s become HTTP statuses.
-//! None of them touches storage directly.
+//! Key-value and peer routes reach data only through the coordinator and the replica; the admin
+//! routes read storage for digests and the hint count.
 
 mod admin;
 mod kv;
