@@ -12,7 +12,8 @@
 //!
 //! - [`kube`] runs a real etcd + kube-apiserver on loopback for the operator's integration tests.
 //!
-//! Every wait here is bounded in time; every address is on 127.0.0.1.
+//! Every wait here is bounded in time; every address is on loopback: 127.0.0.1, or 127.0.0.11 and up
+//! for the chaos tests, inside a network namespace of their own (see [`chaos`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod chaos;

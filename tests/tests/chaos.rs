@@ -9,21 +9,12 @@
 use std::time::{Duration, Instant};
 
 use kvcluster_tests::chaos::checker::check_sets;
+use kvcluster_tests::chaos::convergence::wait_converged;
 use kvcluster_tests::chaos::nemesis::{self, NemesisKind};
-use kvcluster_tests::chaos::netns::run_isolated;
+use kvcluster_tests::chaos::netns::{one_at_a_time, run_isolated};
 use kvcluster_tests::chaos::workload::{RunningLoad, SetLoad, read_final_sets};
 use kvcluster_tests::chaos::{self, RunResult, RunSpec};
 use kvcluster_tests::{Cluster, ClusterOptions};
-
-/// How long each run injects faults: `KVCHAOS_FAULTS_SECONDS`, 20 s by default (the CI share;
-/// `scripts/chaos.sh` runs longer ones).
-fn faults_for() -> Duration {
-    let seconds = std::env::var("KVCHAOS_FAULTS_SECONDS").map_or(20, |s| {
-        s.parse()
-            .unwrap_or_else(|e| panic!("KVCHAOS_FAULTS_SECONDS={s:?} is not a number: {e}"))
-    });
-    Duration::from_secs(seconds)
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -36,7 +27,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Runs `kinds` as test `test` in its own namespace and asserts the run was sound.
 fn chaos_run(test: &'static str, kinds: &[NemesisKind], then: impl FnOnce(&RunResult)) {
     run_isolated(test, || {
-        let result = runtime().block_on(chaos::run(RunSpec::new(test, kinds, faults_for())));
+        let result = runtime().block_on(chaos::run(RunSpec::new(test, kinds, chaos::faults_for())));
         assert_sound(&result);
         then(&result);
     });
@@ -59,6 +50,13 @@ fn assert_sound(result: &RunResult) {
     if let Err(e) = &result.converged {
         panic!("replicas did not converge after healing: {e}");
     }
+    let quiet_end = Duration::from_secs(10);
+    assert!(
+        result.last_ack_before_heal.is_some_and(|d| d <= quiet_end),
+        "no write was acknowledged in the last {quiet_end:?} of faults (last: {:?} before the \
+         heal): the load stopped before the faults did",
+        result.last_ack_before_heal
+    );
     assert!(
         result.disagreements.is_empty(),
         "nodes answered different final sets after convergence: {:?}",
@@ -140,6 +138,7 @@ fn ring_changes_amid_partitions_and_crashes_lose_no_acknowledged_write() {
 /// loses acknowledged elements, and the checker must say so.
 #[test]
 fn wiping_the_only_replica_is_reported_as_lost_writes() {
+    let _turn = one_at_a_time();
     runtime().block_on(async {
         let mut cluster = Cluster::start_with(ClusterOptions::new(1, 1, 1, 1)).await;
         let load = SetLoad {
@@ -149,9 +148,8 @@ fn wiping_the_only_replica_is_reported_as_lost_writes() {
             seed: chaos::seed("wiping_the_only_replica_is_reported_as_lost_writes"),
         };
         let nodes = vec![cluster.client(0).clone()];
-        let targets = std::sync::Arc::new(std::sync::Mutex::new(vec![0]));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let running = RunningLoad::start(&load, nodes.clone(), targets, deadline);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let running = RunningLoad::start(&load, nodes.clone(), vec![0], deadline);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         tokio::task::block_in_place(|| cluster.wipe(0));
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -218,5 +216,48 @@ fn a_healed_link_carries_requests_at_once() {
                 "the healed link carried no request for {took:?}: a stale connection was reused"
             );
         });
+    });
+}
+
+/// The convergence check can fail: replicas that differ (one missed writes, and nothing repairs
+/// it) must not be reported converged.
+#[test]
+fn replicas_that_differ_are_not_reported_converged() {
+    let _turn = one_at_a_time();
+    runtime().block_on(async {
+        let mut cluster = Cluster::start_with(
+            ClusterOptions::new(3, 3, 2, 2)
+                .strict()
+                .args(["--anti-entropy-interval", "0s"]),
+        )
+        .await;
+        let nodes: Vec<_> = (0..3).map(|i| cluster.client(i).clone()).collect();
+        cluster.stop(2);
+        for i in 0..20 {
+            cluster
+                .client(0)
+                .put_ok(format!("diverge-{i}").as_bytes(), b"v", None)
+                .await;
+        }
+        tokio::task::block_in_place(|| cluster.restart(2));
+        let verdict = wait_converged(&nodes, &[0, 1, 2], 60, Duration::from_secs(3)).await;
+        eprintln!("diverged replicas: {verdict:?}");
+        assert!(
+            verdict.is_err(),
+            "kv-2 missed 20 writes and nothing repaired them, yet the check reported convergence"
+        );
+        // And it passes once they agree: reads at r=3 repair kv-2.
+        for i in 0..20 {
+            let resp = cluster
+                .client(0)
+                .get_with_query(format!("diverge-{i}").as_bytes(), "?r=3")
+                .await;
+            assert_eq!(resp.status, 200, "{resp}");
+        }
+        let agreed = wait_converged(&nodes, &[0, 1, 2], 60, Duration::from_secs(10)).await;
+        assert!(
+            agreed.is_ok(),
+            "read repair brought kv-2 up to date, yet the check did not report convergence: {agreed:?}"
+        );
     });
 }

@@ -275,7 +275,7 @@ async fn hundred_kill9_cycles_lose_no_fsynced_write() {
         min_acked_in_cycle = min_acked_in_cycle.min(history.lock().unwrap().acked - acked_before);
 
         let t = Instant::now();
-        node.restart();
+        tokio::task::block_in_place(|| node.restart());
         client = KvClient::with_timeout(&node.base_url(), CLIENT_TIMEOUT);
         assert!(
             wait_for_status(

@@ -7,15 +7,17 @@ use std::time::{Duration, Instant};
 use crate::KvClient;
 
 /// Polls the digests of `members` until, for every partition of the ring, all its replicas report
-/// the same root; returns how long that took, or the partitions still differing after `timeout`.
+/// the same root, and the members hold at least `min_records` records in all (so digests that
+/// report nothing cannot pass); returns how long that took, or what still differs after `timeout`.
 pub async fn wait_converged(
     nodes: &[KvClient],
     members: &[usize],
+    min_records: u64,
     timeout: Duration,
 ) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
-        let differing = differing_partitions(nodes, members).await;
+        let differing = differing_partitions(nodes, members, min_records).await;
         if differing.is_empty() {
             return Ok(start.elapsed());
         }
@@ -31,15 +33,21 @@ pub async fn wait_converged(
 }
 
 /// The partitions whose replicas disagree (or that a member could not report) right now.
-async fn differing_partitions(nodes: &[KvClient], members: &[usize]) -> Vec<String> {
+async fn differing_partitions(
+    nodes: &[KvClient],
+    members: &[usize],
+    min_records: u64,
+) -> Vec<String> {
     let Some(ring) = nodes[members[0]].try_admin_ring().await else {
         return vec![format!("kv-{} did not answer its ring", members[0])];
     };
     let mut roots: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
+    let mut records = 0;
     for &m in members {
         let Some(digests) = nodes[m].try_admin_digests().await else {
             return vec![format!("kv-{m} did not answer its digests")];
         };
+        records += digests.partitions.iter().map(|d| d.keys).sum::<u64>();
         let by_partition = digests
             .partitions
             .into_iter()
@@ -48,6 +56,11 @@ async fn differing_partitions(nodes: &[KvClient], members: &[usize]) -> Vec<Stri
         roots.insert(digests.node_id, by_partition);
     }
     let mut differing = Vec::new();
+    if records < min_records {
+        differing.push(format!(
+            "the members report {records} records, fewer than the {min_records} written"
+        ));
+    }
     for partition in &ring.partitions {
         let held: Vec<Option<&String>> = partition
             .replicas

@@ -17,7 +17,6 @@ pub mod netns;
 pub mod workload;
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvapi::ClusterConfig;
@@ -38,6 +37,16 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// How long replicas may take to converge after the faults are healed.
 pub const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long each chaos run injects faults: `KVCHAOS_FAULTS_SECONDS`, 20 s by default (the CI
+/// share; `scripts/chaos.sh` runs longer ones).
+pub fn faults_for() -> Duration {
+    let seconds = std::env::var("KVCHAOS_FAULTS_SECONDS").map_or(20, |s| {
+        s.parse()
+            .unwrap_or_else(|e| panic!("KVCHAOS_FAULTS_SECONDS={s:?} is not a number: {e}"))
+    });
+    Duration::from_secs(seconds)
+}
 
 /// The seed of this run: `KVCHAOS_SEED` when set, else random. Printed with the replay command.
 pub fn seed(test: &str) -> u64 {
@@ -87,7 +96,9 @@ impl RunSpec {
             load: SetLoad {
                 clients: 4,
                 keys: 5,
-                max_ops_per_client: 2_000,
+                // Far above what a client manages (under 50 a second here), so the deadline, not
+                // the count, ends the load: it must run through the last fault.
+                max_ops_per_client: (faults_for.as_secs() as usize + 60) * 200,
                 seed: 0,
             },
         }
@@ -107,15 +118,19 @@ pub struct RunResult {
     pub faults: FaultCounts,
     /// Time from heal to identical replicas, or why they did not converge.
     pub converged: Result<Duration, String>,
-    /// Nodes that disagreed on a final read.
+    /// Nodes whose final read (at r=N) differed from another's. Each such read merges every
+    /// replica, so this only catches a node that cannot read them all; the digests in `converged`
+    /// are what catch replicas that differ.
     pub disagreements: Vec<String>,
+    /// How long before the heal the last write was acknowledged (`None`: no write was): shows the
+    /// load was still running when the faults ended.
+    pub last_ack_before_heal: Option<Duration>,
 }
 
 /// Runs `spec` on a fresh cluster (inside the caller's network namespace) and prints its figures.
 pub async fn run(spec: RunSpec) -> RunResult {
     let seed = seed(spec.test);
     let schedule = Schedule::generate(seed, &spec.kinds, NODES, spec.faults_for);
-    let t0 = Instant::now();
     let mut cluster = Cluster::start_with(
         ClusterOptions::new(NODES, spec.n, spec.w, spec.r)
             .on_hosts(FIRST_HOST)
@@ -144,15 +159,15 @@ pub async fn run(spec: RunSpec) -> RunResult {
         seed,
         ..spec.load.clone()
     };
+    let t0 = Instant::now();
     let running = RunningLoad::start(
         &load,
         nodes.clone(),
-        Arc::new(Mutex::new(coordinators.clone())),
-        Instant::now() + spec.faults_for + Duration::from_secs(60),
+        coordinators.clone(),
+        t0 + spec.faults_for + Duration::from_secs(60),
     );
 
     let mut faults = FaultCounts::default();
-    let mut members: Vec<usize> = (0..NODES).collect();
     for step in &schedule.steps {
         tokio::time::sleep(step.wait).await;
         let at = t0.elapsed();
@@ -161,7 +176,7 @@ pub async fn run(spec: RunSpec) -> RunResult {
             Fault::Kill(i) => tokio::task::block_in_place(|| cluster.kill9(*i)),
             Fault::Pause(i) => cluster.pause(*i),
             Fault::RingChange => {
-                if !change_ring(&nodes, &coordinators, &mut members, &ring_member).await {
+                if !change_ring(&nodes, &coordinators, &ring_member).await {
                     eprintln!(
                         "[{at:>8.1?}] ring change skipped: the last one is still in progress"
                     );
@@ -184,11 +199,25 @@ pub async fn run(spec: RunSpec) -> RunResult {
     let healed = Instant::now();
     eprintln!("[{:>8.1?}] healed; stopping the clients", t0.elapsed());
     let history = running.finish().await;
+    let faults_ended = healed.duration_since(t0);
+    let last_ack_before_heal = history
+        .iter()
+        .filter(|op| op.outcome == checker::Outcome::Acknowledged && op.at <= faults_ended)
+        .map(|op| faults_ended - op.at)
+        .min();
 
-    let settled = settle(&cluster, &members).await;
-    let converged = match settled {
-        Ok(()) => convergence::wait_converged(&nodes, &members, CONVERGENCE_TIMEOUT).await,
-        Err(e) => Err(e),
+    // The members are whatever the settled ring says: a ring change whose answer was lost may
+    // still have happened.
+    let (members, converged) = match settle(&cluster, &coordinators).await {
+        Ok(members) => {
+            // Every workload key is on N replicas at least.
+            let min_records = (load.keys * spec.n as usize) as u64;
+            let converged =
+                convergence::wait_converged(&nodes, &members, min_records, CONVERGENCE_TIMEOUT)
+                    .await;
+            (members, converged)
+        }
+        Err(e) => (coordinators.clone(), Err(e)),
     };
     let (finals, disagreements) = read_final_sets(&nodes, &members, load.keys, spec.n).await;
     let report = check_sets(&history, &finals);
@@ -201,7 +230,7 @@ pub async fn run(spec: RunSpec) -> RunResult {
         spec.n,
         spec.w,
         spec.r,
-        healed.duration_since(t0),
+        faults_ended,
         workload::acks_per_second(&history),
         match &converged {
             Ok(took) => format!("{took:.1?} after the clients stopped"),
@@ -216,6 +245,7 @@ pub async fn run(spec: RunSpec) -> RunResult {
         faults,
         converged,
         disagreements,
+        last_ack_before_heal,
     }
 }
 
@@ -224,7 +254,6 @@ pub async fn run(spec: RunSpec) -> RunResult {
 async fn change_ring(
     nodes: &[KvClient],
     coordinators: &[usize],
-    members: &mut Vec<usize>,
     ring_member: &kvapi::Member,
 ) -> bool {
     for &via in coordinators {
@@ -246,11 +275,6 @@ async fn change_ring(
             continue;
         };
         if resp.status == 200 || resp.status == 204 {
-            *members = next
-                .members
-                .iter()
-                .map(|m| m.id[3..].parse().expect("member ids are kv-N"))
-                .collect();
             return true;
         }
         eprintln!("ring change through kv-{via} refused: {resp}");
@@ -259,23 +283,30 @@ async fn change_ring(
     false
 }
 
-/// Waits until every member reports the same settled config.
-async fn settle(cluster: &Cluster, members: &[usize]) -> Result<(), String> {
-    let Some(epoch) = cluster
-        .client(members[0])
-        .try_admin_cluster()
+/// Waits until the `coordinators` (members throughout) report the same settled config, then until
+/// every member of it does; returns the members' node indexes.
+async fn settle(cluster: &Cluster, coordinators: &[usize]) -> Result<Vec<usize>, String> {
+    let settled = cluster
+        .wait_settled(coordinators, 1, CONVERGENCE_TIMEOUT)
         .await
-        .map(|c| c.epoch)
-    else {
-        return Err(format!("kv-{} did not answer its config", members[0]));
-    };
-    match cluster
-        .wait_settled(members, epoch, CONVERGENCE_TIMEOUT)
+        .ok_or_else(|| format!("the ring did not settle within {CONVERGENCE_TIMEOUT:?}"))?;
+    let members: Vec<usize> = settled
+        .members
+        .iter()
+        .map(|m| {
+            m.id.strip_prefix("kv-")
+                .and_then(|i| i.parse().ok())
+                .ok_or_else(|| format!("member id {:?} is not kv-N", m.id))
+        })
+        .collect::<Result<_, _>>()?;
+    cluster
+        .wait_settled(&members, settled.epoch, CONVERGENCE_TIMEOUT)
         .await
-    {
-        Some(_) => Ok(()),
-        None => Err(format!(
-            "the ring did not settle at epoch {epoch} within {CONVERGENCE_TIMEOUT:?}"
-        )),
-    }
+        .ok_or_else(|| {
+            format!(
+                "the members {members:?} did not all settle at epoch {} within {CONVERGENCE_TIMEOUT:?}",
+                settled.epoch
+            )
+        })?;
+    Ok(members)
 }

@@ -177,20 +177,36 @@ fn draw_partition(rng: &mut SmallRng, kind: PartitionKind, nodes: usize) -> Vec<
     cut
 }
 
+/// The iptables chain holding the cuts, jumped to from `INPUT`; healing flushes only this chain.
+const CHAIN: &str = "KVCHAOS";
+
 /// Cuts the links between hosts with iptables rules in the current network namespace: packets
 /// between the two addresses of a link are dropped both ways, so neither side can connect or get an
 /// answer, while clients on other addresses still reach both.
 pub fn cut_links(hosts: &[String], cut: &[(usize, usize)]) {
+    if !iptables_ok(&["-L", CHAIN, "-n"]) {
+        iptables(&["-N", CHAIN]);
+        iptables(&["-I", "INPUT", "-j", CHAIN]);
+    }
     for &(x, y) in cut {
         for (from, to) in [(&hosts[x], &hosts[y]), (&hosts[y], &hosts[x])] {
-            iptables(&["-A", "INPUT", "-s", from, "-d", to, "-j", "DROP"]);
+            iptables(&["-A", CHAIN, "-s", from, "-d", to, "-j", "DROP"]);
         }
     }
 }
 
 /// Removes every rule [`cut_links`] added.
 pub fn heal_links() {
-    iptables(&["-F", "INPUT"]);
+    if iptables_ok(&["-L", CHAIN, "-n"]) {
+        iptables(&["-F", CHAIN]);
+    }
+}
+
+fn iptables_ok(args: &[&str]) -> bool {
+    Command::new("iptables")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn iptables(args: &[&str]) {

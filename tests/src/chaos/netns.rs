@@ -8,13 +8,13 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Set to the namespace's name in the re-executed test process.
 pub const NETNS_ENV: &str = "KVCHAOS_NETNS";
 
-/// How long one isolated test may run before it is killed and fails.
+/// How long one isolated test may run, beyond its faults, before it is killed and fails.
 pub const ISOLATED_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Isolated tests run one at a time: each runs five nodes and a load on a 2-core machine.
@@ -25,6 +25,17 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// the test is skipped loudly, or fails in CI.
 pub fn run_isolated(test: &str, body: impl FnOnce()) {
     if let Ok(namespace) = std::env::var(NETNS_ENV) {
+        // The firewall rules the body adds must never reach the host's: trust the variable only
+        // once the kernel confirms this process is in that namespace.
+        let identified = Command::new("ip")
+            .args(["netns", "identify", &std::process::id().to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        assert_eq!(
+            identified, namespace,
+            "{NETNS_ENV}={namespace} is set, but this process is not in that network namespace"
+        );
         eprintln!("{test}: running inside network namespace {namespace}");
         body();
         return;
@@ -36,7 +47,7 @@ pub fn run_isolated(test: &str, body: impl FnOnce()) {
         );
         return;
     }
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = one_at_a_time();
     let namespace = Namespace::create();
     let exe = std::env::current_exe().expect("current_exe");
     let mut child = Command::new("ip")
@@ -56,7 +67,8 @@ pub fn run_isolated(test: &str, body: impl FnOnce()) {
         }
         ran_one
     });
-    let deadline = Instant::now() + ISOLATED_TIMEOUT;
+    let timeout = ISOLATED_TIMEOUT + super::faults_for();
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the isolated test") {
             break status;
@@ -64,7 +76,7 @@ pub fn run_isolated(test: &str, body: impl FnOnce()) {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{test} did not finish within {ISOLATED_TIMEOUT:?} in its namespace");
+            panic!("{test} did not finish within {timeout:?} in its namespace");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -79,6 +91,12 @@ pub fn run_isolated(test: &str, body: impl FnOnce()) {
         "{test} ran no test inside namespace {}: is `{test}` the exact test name?",
         namespace.name
     );
+}
+
+/// Holds the machine for one load-heavy test: isolated tests, and any other test whose timing
+/// must not share the 2 cores with one, take it.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why this machine cannot run isolated tests, if it cannot.
@@ -104,6 +122,11 @@ fn prerequisites() -> Result<(), String> {
             ));
         }
     }
+    // Root in a container may still lack the right to make namespaces: try.
+    let probe = format!("kvchaos-probe-{}", std::process::id());
+    ip(&["netns", "add", &probe])
+        .map_err(|e| format!("ip netns add is not permitted here: {e}"))?;
+    let _ = ip(&["netns", "delete", &probe]);
     Ok(())
 }
 

@@ -5,8 +5,8 @@
 //! `c * 1_000_000 + e`, unique across the run.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -75,13 +75,13 @@ pub struct RunningLoad {
 }
 
 impl RunningLoad {
-    /// Starts `load.clients` clients. Each picks a key and a node among `targets` (read at every
-    /// operation, so the caller may change it) for each operation, and stops after its
-    /// `max_ops_per_client`, at `deadline`, or at [`RunningLoad::finish`].
+    /// Starts `load.clients` clients. Each picks a key and a node among `targets` for each
+    /// operation, and stops after its `max_ops_per_client`, at `deadline`, or at
+    /// [`RunningLoad::finish`].
     pub fn start(
         load: &SetLoad,
         nodes: Vec<KvClient>,
-        targets: Arc<Mutex<Vec<usize>>>,
+        targets: Vec<usize>,
         deadline: Instant,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
@@ -99,10 +99,7 @@ impl RunningLoad {
                         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
                             break;
                         }
-                        let node = {
-                            let targets = targets.lock().unwrap();
-                            targets[rng.random_range(0..targets.len())]
-                        };
+                        let node = targets[rng.random_range(0..targets.len())];
                         let key = set_key(rng.random_range(0..keys));
                         let element = c as u64 * 1_000_000 + n as u64;
                         let outcome = add_element(&nodes[node], &key, element).await;
