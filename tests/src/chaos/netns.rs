@@ -40,6 +40,8 @@ pub fn run_isolated(test: &str, body: impl FnOnce()) {
         body();
         return;
     }
+    // Held from the probe on: two tests probing at once would trip over each other.
+    let _turn = one_at_a_time();
     if let Err(missing) = prerequisites() {
         crate::skip_or_fail(
             test,
@@ -47,7 +49,6 @@ pub fn run_isolated(test: &str, body: impl FnOnce()) {
         );
         return;
     }
-    let _turn = one_at_a_time();
     let namespace = Namespace::create();
     let exe = std::env::current_exe().expect("current_exe");
     let mut child = Command::new("ip")
@@ -124,6 +125,7 @@ fn prerequisites() -> Result<(), String> {
     }
     // Root in a container may still lack the right to make namespaces: try.
     let probe = format!("kvchaos-probe-{}", std::process::id());
+    let _ = ip(&["netns", "delete", &probe]);
     ip(&["netns", "add", &probe])
         .map_err(|e| format!("ip netns add is not permitted here: {e}"))?;
     let _ = ip(&["netns", "delete", &probe]);
