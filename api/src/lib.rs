@@ -59,6 +59,8 @@ pub mod codes {
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     /// The key already holds the maximum number of siblings: resolve them first.
     pub const TOO_MANY_SIBLINGS: &str = "too_many_siblings";
+    /// The key's causal history is at a bound (actors named, or an exhausted counter).
+    pub const CAUSAL_LIMIT: &str = "causal_limit";
     /// The request body exceeds the value size limit.
     pub const VALUE_TOO_LARGE: &str = "value_too_large";
     /// The request body could not be read (client disconnected or sent a broken body).

@@ -16,9 +16,24 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
+
+/// Most actors one key's version vector may name. A key gains one actor per data-directory
+/// incarnation that coordinated a write to it, so a healthy cluster stays far below this; the cap
+/// bounds what a buggy or hostile peer can make a key cost (and keeps every context token under
+/// [`crate::context_token::MAX_CONTEXT_TOKEN_CHARS`]).
+pub const MAX_ACTORS: usize = 64;
+
+/// Why a write cannot be applied to a key's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CausalityError {
+    /// The actor's counter for this key is at `u64::MAX`: no fresh dot exists.
+    #[error("the version counter of {0:?} on this key is exhausted")]
+    CounterExhausted(Actor),
+    /// The write would make the key's vector name more than [`MAX_ACTORS`] actors.
+    #[error("the key's version vector would name more than {MAX_ACTORS} actors")]
+    TooManyActors,
+}
 
 /// The identity that stamps writes: a node id plus the incarnation of its data directory, so a node
 /// whose data was wiped never reuses a dot it issued before.
@@ -72,6 +87,11 @@ impl VersionVector {
     pub fn witness(&mut self, actor: &Actor, counter: u64) {
         let entry = self.0.entry(actor.clone()).or_insert(0);
         *entry = (*entry).max(counter);
+    }
+
+    /// The actors this vector names, in order.
+    pub fn actors(&self) -> impl Iterator<Item = &Actor> {
+        self.0.keys()
     }
 
     /// Number of actors in the vector.
@@ -135,28 +155,40 @@ impl SiblingSet {
     /// Applies a client write coordinated by `actor`: the siblings that `context` has seen are
     /// superseded, every other sibling survives, and the new version gets a fresh dot.
     ///
-    /// `value` is `None` for a delete. Returns the new dot.
+    /// `value` is `None` for a delete. Returns the new dot, or an error (and changes nothing) when no
+    /// fresh dot exists or the vector would outgrow [`MAX_ACTORS`].
     pub fn update(
         &mut self,
         context: &VersionVector,
         actor: &Actor,
         value: Option<Vec<u8>>,
         written_at_ms: u64,
-    ) -> Dot {
+    ) -> Result<Dot, CausalityError> {
+        let counter = self
+            .seen
+            .get(actor)
+            .max(context.get(actor))
+            .checked_add(1)
+            .ok_or_else(|| CausalityError::CounterExhausted(actor.clone()))?;
+        let mut seen = self.seen.clone();
+        seen.join(context);
+        seen.witness(actor, counter);
+        if seen.len() > MAX_ACTORS {
+            return Err(CausalityError::TooManyActors);
+        }
         let dot = Dot {
             actor: actor.clone(),
-            counter: self.seen.get(actor).max(context.get(actor)) + 1,
+            counter,
         };
         self.siblings.retain(|s| !context.covers(&s.dot));
-        self.seen.join(context);
-        self.seen.witness(actor, dot.counter);
+        self.seen = seen;
         self.siblings.push(Sibling {
             dot: dot.clone(),
             value,
             written_at_ms,
         });
         self.siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
-        dot
+        Ok(dot)
     }
 
     /// Number of siblings `update(context, ..)` would leave, without changing anything.
@@ -193,74 +225,6 @@ impl SiblingSet {
     }
 }
 
-/// Why a causal context token was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ContextError {
-    /// Not base64url, or not a valid encoding of a context.
-    #[error("context token is malformed")]
-    Malformed,
-    /// Encoded by an unknown, probably newer, format version.
-    #[error("context token has unsupported format version {0}")]
-    UnsupportedVersion(u8),
-    /// A valid token, but issued for a different key.
-    #[error("context token belongs to a different key")]
-    ForeignKey,
-}
-
-/// Format version of context tokens; bump it when [`TokenBody`] changes.
-const CONTEXT_TOKEN_VERSION: u8 = 1;
-
-/// Largest token accepted, in encoded characters: bounds the decoder's work on hostile input.
-pub const MAX_CONTEXT_TOKEN_CHARS: usize = 8 * 1024;
-
-#[derive(Serialize, Deserialize)]
-struct TokenBody {
-    key_fingerprint: u32,
-    vector: VersionVector,
-}
-
-fn key_fingerprint(key: &[u8]) -> u32 {
-    // Low 32 bits of xxh3: enough to catch a token pasted onto the wrong key, not a security check.
-    xxhash_rust::xxh3::xxh3_64(key) as u32
-}
-
-/// Encodes the context `vector` of `key` as an opaque token: base64url (no padding) of a version byte
-/// followed by the postcard encoding of the key's fingerprint and the vector.
-pub fn encode_context(key: &[u8], vector: &VersionVector) -> String {
-    let body = TokenBody {
-        key_fingerprint: key_fingerprint(key),
-        vector: vector.clone(),
-    };
-    let mut bytes = vec![CONTEXT_TOKEN_VERSION];
-    // Serialising plain structs into a Vec cannot fail.
-    bytes.extend(postcard::to_allocvec(&body).unwrap_or_default());
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Decodes a token made by [`encode_context`] for `key`, refusing garbage, unknown versions and tokens
-/// of other keys.
-pub fn decode_context(key: &[u8], token: &str) -> Result<VersionVector, ContextError> {
-    if token.len() > MAX_CONTEXT_TOKEN_CHARS {
-        return Err(ContextError::Malformed);
-    }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(token.trim())
-        .map_err(|_| ContextError::Malformed)?;
-    let (&version, rest) = bytes.split_first().ok_or(ContextError::Malformed)?;
-    if version != CONTEXT_TOKEN_VERSION {
-        return Err(ContextError::UnsupportedVersion(version));
-    }
-    let (body, trailing): (TokenBody, &[u8]) =
-        postcard::take_from_bytes(rest).map_err(|_| ContextError::Malformed)?;
-    if !trailing.is_empty() {
-        return Err(ContextError::Malformed);
-    }
-    if body.key_fingerprint != key_fingerprint(key) {
-        return Err(ContextError::ForeignKey);
-    }
-    Ok(body.vector)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -280,24 +244,28 @@ mod tests {
     fn two_writes_with_one_context_both_survive() {
         let a = actor(0);
         let mut set = SiblingSet::default();
-        set.update(&VersionVector::default(), &a, Some(b"base".to_vec()), 0);
+        set.update(&VersionVector::default(), &a, Some(b"base".to_vec()), 0)
+            .unwrap();
         let ctx = set.context().clone();
-        set.update(&ctx, &a, Some(b"one".to_vec()), 0);
-        set.update(&ctx, &a, Some(b"two".to_vec()), 0);
+        set.update(&ctx, &a, Some(b"one".to_vec()), 0).unwrap();
+        set.update(&ctx, &a, Some(b"two".to_vec()), 0).unwrap();
         assert_eq!(
             values(&set),
             vec![Some(b"one".to_vec()), Some(b"two".to_vec())]
         );
         let resolved = set.context().clone();
-        set.update(&resolved, &a, Some(b"merged".to_vec()), 0);
+        set.update(&resolved, &a, Some(b"merged".to_vec()), 0)
+            .unwrap();
         assert_eq!(values(&set), vec![Some(b"merged".to_vec())]);
     }
 
     #[test]
     fn write_without_context_is_concurrent_with_everything() {
         let mut set = SiblingSet::default();
-        set.update(&VersionVector::default(), &actor(0), Some(b"x".to_vec()), 0);
-        set.update(&VersionVector::default(), &actor(0), Some(b"y".to_vec()), 0);
+        set.update(&VersionVector::default(), &actor(0), Some(b"x".to_vec()), 0)
+            .unwrap();
+        set.update(&VersionVector::default(), &actor(0), Some(b"y".to_vec()), 0)
+            .unwrap();
         assert_eq!(set.siblings().len(), 2);
     }
 
@@ -305,9 +273,10 @@ mod tests {
     fn delete_leaves_a_tombstone_with_context() {
         let a = actor(0);
         let mut set = SiblingSet::default();
-        set.update(&VersionVector::default(), &a, Some(b"x".to_vec()), 0);
+        set.update(&VersionVector::default(), &a, Some(b"x".to_vec()), 0)
+            .unwrap();
         let ctx = set.context().clone();
-        set.update(&ctx, &a, None, 0);
+        set.update(&ctx, &a, None, 0).unwrap();
         assert_eq!(set.live().count(), 0);
         assert_eq!(set.siblings().len(), 1);
         assert!(set.context().get(&a) == 2);
@@ -317,8 +286,11 @@ mod tests {
     fn merge_keeps_concurrent_writes_of_two_coordinators() {
         let mut left = SiblingSet::default();
         let mut right = SiblingSet::default();
-        left.update(&VersionVector::default(), &actor(0), Some(b"l".to_vec()), 0);
-        right.update(&VersionVector::default(), &actor(1), Some(b"r".to_vec()), 0);
+        left.update(&VersionVector::default(), &actor(0), Some(b"l".to_vec()), 0)
+            .unwrap();
+        right
+            .update(&VersionVector::default(), &actor(1), Some(b"r".to_vec()), 0)
+            .unwrap();
         left.merge(&right);
         assert_eq!(left.siblings().len(), 2);
     }
@@ -331,44 +303,50 @@ mod tests {
             &actor(0),
             Some(b"v1".to_vec()),
             0,
-        );
+        )
+        .unwrap();
         let mut new = old.clone();
         let ctx = new.context().clone();
-        new.update(&ctx, &actor(1), Some(b"v2".to_vec()), 0);
+        new.update(&ctx, &actor(1), Some(b"v2".to_vec()), 0)
+            .unwrap();
         old.merge(&new);
         assert_eq!(values(&old), vec![Some(b"v2".to_vec())]);
     }
 
     #[test]
-    fn context_token_round_trips_and_is_bound_to_its_key() {
+    fn an_exhausted_counter_refuses_the_write_instead_of_wrapping() {
+        let a = actor(0);
         let mut set = SiblingSet::default();
-        set.update(&VersionVector::default(), &actor(3), Some(vec![1]), 0);
-        let token = encode_context(b"k", set.context());
-        assert_eq!(decode_context(b"k", &token).unwrap(), *set.context());
+        set.update(&VersionVector::default(), &a, Some(b"kept".to_vec()), 0)
+            .unwrap();
+        let mut exhausted = VersionVector::default();
+        exhausted.witness(&a, u64::MAX);
+        let before = set.clone();
         assert_eq!(
-            decode_context(b"other", &token),
-            Err(ContextError::ForeignKey)
+            set.update(&exhausted, &a, Some(b"x".to_vec()), 0),
+            Err(CausalityError::CounterExhausted(a))
         );
+        assert_eq!(set, before, "a refused write changes nothing");
     }
 
     #[test]
-    fn context_decoder_refuses_garbage() {
-        assert_eq!(decode_context(b"k", ""), Err(ContextError::Malformed));
-        assert_eq!(decode_context(b"k", "!!!"), Err(ContextError::Malformed));
+    fn a_write_that_would_outgrow_the_actor_cap_is_refused() {
+        let mut set = SiblingSet::default();
+        for i in 0..MAX_ACTORS {
+            let a = Actor::new(&format!("kv-{i}"), 1);
+            set.update(&VersionVector::default(), &a, None, 0).unwrap();
+        }
+        let ctx = set.context().clone();
+        let before = set.clone();
+        let newcomer = Actor::new("kv-new", 1);
         assert_eq!(
-            decode_context(b"k", &URL_SAFE_NO_PAD.encode([9, 0])),
-            Err(ContextError::UnsupportedVersion(9))
+            set.update(&ctx, &newcomer, Some(vec![1]), 0),
+            Err(CausalityError::TooManyActors)
         );
-        assert_eq!(
-            decode_context(b"k", &URL_SAFE_NO_PAD.encode([1, 0xff, 0xff, 0xff])),
-            Err(ContextError::Malformed)
-        );
-        let mut token = encode_context(b"k", &VersionVector::default());
-        token.push('A');
-        token.push('A');
-        assert_eq!(decode_context(b"k", &token), Err(ContextError::Malformed));
-        let huge = "A".repeat(MAX_CONTEXT_TOKEN_CHARS + 1);
-        assert_eq!(decode_context(b"k", &huge), Err(ContextError::Malformed));
+        assert_eq!(set, before);
+        // An actor already named may still write, and resolve every sibling.
+        set.update(&ctx, &actor(0), Some(vec![2]), 0).unwrap();
+        assert_eq!(set.siblings().len(), 1);
     }
 
     // ---- property tests -------------------------------------------------------------------------
@@ -406,17 +384,20 @@ mod tests {
                     let ctx = replicas[*replica].context().clone();
                     next_value += 1;
                     let value = (!tombstone).then(|| next_value.to_be_bytes().to_vec());
-                    written.push(replicas[*replica].update(&ctx, &actor(*replica as u8), value, 0));
+                    written.push(
+                        replicas[*replica]
+                            .update(&ctx, &actor(*replica as u8), value, 0)
+                            .unwrap(),
+                    );
                 }
                 Op::BlindWrite { replica } => {
                     next_value += 1;
                     let value = Some(next_value.to_be_bytes().to_vec());
-                    written.push(replicas[*replica].update(
-                        &VersionVector::default(),
-                        &actor(*replica as u8),
-                        value,
-                        0,
-                    ));
+                    written.push(
+                        replicas[*replica]
+                            .update(&VersionVector::default(), &actor(*replica as u8), value, 0)
+                            .unwrap(),
+                    );
                 }
                 Op::Sync { from, to } => {
                     let source = replicas[*from].clone();
@@ -474,11 +455,11 @@ mod tests {
                         let ctx = replicas[*replica].context().clone();
                         superseded.extend(written.iter().filter(|d| ctx.covers(d)).cloned());
                         let value = (!tombstone).then(|| vec![1]);
-                        written.push(replicas[*replica].update(&ctx, &actor(*replica as u8), value, 0));
+                        written.push(replicas[*replica].update(&ctx, &actor(*replica as u8), value, 0).unwrap());
                     }
                     Op::BlindWrite { replica } => {
                         written.push(replicas[*replica].update(
-                            &VersionVector::default(), &actor(*replica as u8), Some(vec![2]), 0));
+                            &VersionVector::default(), &actor(*replica as u8), Some(vec![2]), 0).unwrap());
                     }
                     Op::Sync { from, to } => {
                         let source = replicas[*from].clone();
@@ -509,11 +490,11 @@ mod tests {
             // Concurrently, another replica's state arrives before the write (something the read did
             // not see).
             let other = (replica + 1) % REPLICAS;
-            r[other].update(&VersionVector::default(), &actor(other as u8), Some(b"late".to_vec()), 0);
+            r[other].update(&VersionVector::default(), &actor(other as u8), Some(b"late".to_vec()), 0).unwrap();
             let late = r[other].clone();
             r[replica].merge(&late);
             let before: Vec<Dot> = r[replica].siblings().iter().map(|s| s.dot.clone()).collect();
-            let dot = r[replica].update(&ctx, &actor(replica as u8), Some(b"new".to_vec()), 0);
+            let dot = r[replica].update(&ctx, &actor(replica as u8), Some(b"new".to_vec()), 0).unwrap();
             let after: Vec<Dot> = r[replica].siblings().iter().map(|s| s.dot.clone()).collect();
             for d in &before {
                 let seen_by_read = read.siblings().iter().any(|s| &s.dot == d);
@@ -522,10 +503,5 @@ mod tests {
             prop_assert!(after.contains(&dot));
         }
 
-        #[test]
-        fn context_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-            let token = URL_SAFE_NO_PAD.encode(&bytes);
-            let _ = decode_context(b"k", &token);
-        }
     }
 }

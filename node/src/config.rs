@@ -41,6 +41,13 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_CLUSTER_CONFIG")]
     pub cluster_config: Option<PathBuf>,
 
+    /// File of the cluster's context keys, which authenticate the causal context tokens clients get
+    /// and write back: one key per line (at least 32 bytes each), the first signs, every one verifies.
+    /// Every member needs the same file. Without it, a key is generated in the data directory and the
+    /// node refuses to be part of a cluster of more than one member.
+    #[arg(long, env = "KVNODE_CONTEXT_KEY_FILE")]
+    pub context_key_file: Option<PathBuf>,
+
     /// Bearer token required on the /admin/v1 routes (none: admin routes are open).
     #[arg(long, env = "KVNODE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -1,6 +1,7 @@
 //! The node's one error type. Each variant maps to exactly one HTTP status, in `http`.
 
-use crate::causality::ContextError;
+use crate::causality::CausalityError;
+use crate::context_token::ContextError;
 use crate::storage::codec::CodecError;
 
 /// Everything that can go wrong while serving a request or running the node.
@@ -15,6 +16,9 @@ pub enum Error {
     /// The causal context token was refused.
     #[error("bad context: {0}")]
     BadContext(#[from] ContextError),
+    /// The write cannot be given a fresh dot within the causality bounds.
+    #[error("write refused: {0}")]
+    Causality(#[from] CausalityError),
     /// No such route.
     #[error("no route for {0}")]
     NoRoute(String),

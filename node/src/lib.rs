@@ -8,6 +8,7 @@
 pub mod antientropy;
 pub mod causality;
 pub mod config;
+pub mod context_token;
 pub mod coordinator;
 pub mod error;
 pub mod handoff;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::antientropy::AntiEntropy;
 use crate::config::NodeConfig;
+use crate::context_token::{ContextKeys, KeySource};
 use crate::coordinator::Coordinator;
 use crate::error::Error;
 use crate::handoff::Handoff;
@@ -49,10 +51,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         metrics.clone(),
     )?;
     storage.pin_setting("partitions", config.partitions)?;
+    let contexts = Arc::new(match &config.context_key_file {
+        Some(path) => ContextKeys::from_file(path).map_err(Error::BadConfig)?,
+        None => ContextKeys::new(&[&storage.local_secret("context_key")?], KeySource::Local)
+            .map_err(Error::Internal)?,
+    });
     let replica = Arc::new(Replica::new(
         storage,
         &config.node_id,
         usize::from(config.max_siblings),
+        contexts.clone(),
         metrics.clone(),
     ));
     let listener = TcpListener::bind(config.listen)
@@ -68,6 +76,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         config.cluster_config.as_deref(),
         config.partitions,
     )?);
+    contexts.check_cluster(&membership.view().config)?;
     membership.on_gain({
         let replica = replica.clone();
         Box::new(move |partitions| {

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub read_siblings: Histogram,
     /// Writes refused because the key reached the sibling cap.
     pub sibling_cap_rejections: IntCounter,
+    /// Peer states not merged because the result would pass the sibling or actor cap.
+    pub merge_cap_rejections: IntCounter,
     /// Requests that failed to reach their quorum, by `operation` (read, write).
     pub quorum_failures: IntCounterVec,
     /// Replicas sent a merged state because a read found them behind.
@@ -91,6 +93,10 @@ impl Metrics {
                     "kv_sibling_cap_rejections_total",
                     "Writes refused because the key reached the sibling cap.",
                 )?,
+                merge_cap_rejections: IntCounter::new(
+                    "kv_merge_cap_rejections_total",
+                    "Peer states not merged because the result would pass the sibling or actor cap.",
+                )?,
                 quorum_failures: IntCounterVec::new(
                     Opts::new(
                         "kv_quorum_failures_total",
@@ -155,7 +161,7 @@ impl Metrics {
                 )?,
                 registry,
             };
-            let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+            let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
                 Box::new(m.requests.clone()),
                 Box::new(m.request_duration.clone()),
                 Box::new(m.cache_hits.clone()),
@@ -163,6 +169,7 @@ impl Metrics {
                 Box::new(m.cache_size_bytes.clone()),
                 Box::new(m.read_siblings.clone()),
                 Box::new(m.sibling_cap_rejections.clone()),
+                Box::new(m.merge_cap_rejections.clone()),
                 Box::new(m.quorum_failures.clone()),
                 Box::new(m.read_repairs.clone()),
                 Box::new(m.storage_live_data_bytes.clone()),
@@ -234,6 +241,7 @@ mod tests {
             "kv_cache_size_bytes",
             "kv_read_siblings_bucket",
             "kv_sibling_cap_rejections_total",
+            "kv_merge_cap_rejections_total",
             "kv_storage_live_data_bytes",
             "kv_read_repairs_total",
             "kv_hints_pending",

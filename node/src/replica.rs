@@ -10,7 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::causality::{Actor, SiblingSet, VersionVector, encode_context};
+use crate::causality::{Actor, MAX_ACTORS, SiblingSet, VersionVector};
+use crate::context_token::ContextKeys;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
@@ -23,17 +24,20 @@ pub struct Replica {
     storage: Storage,
     actor: Actor,
     max_siblings: usize,
+    contexts: Arc<ContextKeys>,
     stripes: Vec<Mutex<()>>,
     metrics: Arc<Metrics>,
 }
 
 impl Replica {
     /// A replica over `storage` that stamps the writes it coordinates as `node_id` (plus the data
-    /// directory's incarnation) and refuses writes that would leave more than `max_siblings`.
+    /// directory's incarnation), refuses states of more than `max_siblings` siblings, and issues
+    /// context tokens with `contexts`.
     pub fn new(
         storage: Storage,
         node_id: &str,
         max_siblings: usize,
+        contexts: Arc<ContextKeys>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let actor = Actor::new(node_id, storage.incarnation());
@@ -41,6 +45,7 @@ impl Replica {
             storage,
             actor,
             max_siblings,
+            contexts,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             metrics,
         }
@@ -82,11 +87,11 @@ impl Replica {
                 return Err(Error::TooManySiblings {
                     siblings: current.siblings().len(),
                     cap: this.max_siblings,
-                    context: encode_context(&key, current.context()),
+                    context: this.contexts.encode(&key, current.context()),
                 });
             }
             let mut next = SiblingSet::clone(&current);
-            next.update(&context, &this.actor, value, now_ms());
+            next.update(&context, &this.actor, value, now_ms())?;
             let next = Arc::new(next);
             this.storage.store(partition, &key, next.clone())?;
             Ok(next)
@@ -111,6 +116,7 @@ impl Replica {
             if merged == *current {
                 return Ok(current);
             }
+            this.check_bounds(&merged)?;
             let merged = Arc::new(merged);
             this.storage.store(partition, &key, merged.clone())?;
             Ok(merged)
@@ -133,10 +139,16 @@ impl Replica {
                 let current = this.storage.load(partition, &key)?;
                 let mut merged = SiblingSet::clone(&current);
                 merged.merge(&remote);
-                if merged != *current {
-                    this.storage.store(partition, &key, Arc::new(merged))?;
-                    changed += 1;
+                if merged == *current {
+                    continue;
                 }
+                if let Err(e) = this.check_bounds(&merged) {
+                    // One oversized key must not stall the rest of the batch; it stays as it is here.
+                    tracing::warn!(partition, error = %e, "merge of one key refused");
+                    continue;
+                }
+                this.storage.store(partition, &key, Arc::new(merged))?;
+                changed += 1;
             }
             Ok(changed)
         })
@@ -167,6 +179,27 @@ impl Replica {
             Ok(purged)
         })
         .await?
+    }
+
+    /// The keys that issue and check context tokens.
+    pub fn contexts(&self) -> &ContextKeys {
+        &self.contexts
+    }
+
+    /// Refuses a merged state past the caps a coordinated write obeys: more siblings than
+    /// `max_siblings` or a vector naming more than [`MAX_ACTORS`] actors. Only a buggy or hostile peer,
+    /// or concurrent writes through different coordinators at the cap, produce one; the local state
+    /// stays, and a client read (which merges replicas in memory) still sees and can resolve them all.
+    fn check_bounds(&self, merged: &SiblingSet) -> Result<(), Error> {
+        let (siblings, actors) = (merged.siblings().len(), merged.context().len());
+        if siblings > self.max_siblings || actors > MAX_ACTORS {
+            self.metrics.merge_cap_rejections.inc();
+            return Err(Error::Rpc(format!(
+                "merged state would hold {siblings} siblings (cap {}) and {actors} actors (cap {MAX_ACTORS})",
+                self.max_siblings
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `work` on the local storage on the blocking pool (scans, summaries, hints).
@@ -211,12 +244,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::context_token::KeySource;
     use crate::storage::Durability;
 
     fn replica(dir: &std::path::Path, max_siblings: usize) -> Arc<Replica> {
         let metrics = Arc::new(Metrics::new());
         let storage = Storage::open(dir, Durability::Periodic, 1 << 20, metrics.clone()).unwrap();
-        Arc::new(Replica::new(storage, "kv-0", max_siblings, metrics))
+        let contexts = ContextKeys::new(&[&[7; 32]], KeySource::Local).unwrap();
+        Arc::new(Replica::new(
+            storage,
+            "kv-0",
+            max_siblings,
+            Arc::new(contexts),
+            metrics,
+        ))
     }
 
     #[tokio::test]
@@ -269,6 +310,34 @@ mod tests {
             .clone();
         let resolved = replica.write(0, key, ctx, Some(vec![7])).await.unwrap();
         assert_eq!(resolved.siblings().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_merge_past_the_sibling_cap_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = replica(dir.path(), 2);
+        let key: Arc<[u8]> = Arc::from(&b"k"[..]);
+        replica
+            .write(0, key.clone(), VersionVector::default(), Some(vec![1]))
+            .await
+            .unwrap();
+        let mut remote = SiblingSet::default();
+        for i in 0..2 {
+            let peer = Actor::new(&format!("peer-{i}"), 1);
+            remote
+                .update(&VersionVector::default(), &peer, Some(vec![i]), 0)
+                .unwrap();
+        }
+        let refused = replica.merge(0, key.clone(), remote.clone()).await;
+        assert!(matches!(refused, Err(Error::Rpc(_))), "{refused:?}");
+        assert_eq!(
+            replica
+                .merge_many(0, vec![(key.to_vec(), remote)])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(replica.read(0, key).await.unwrap().siblings().len(), 1);
     }
 
     async fn futures_join<T>(

@@ -1263,6 +1263,16 @@ fn member_node(
     builder.args(node_args.iter().cloned()).start()
 }
 
+/// Writes a fresh random context key file `context.key` into `dir` (with a trailing newline, as
+/// editors and Secrets leave one) and returns its path, for `--context-key-file`.
+pub fn write_context_key(dir: &Path) -> String {
+    let key: [u8; 32] = rand::random();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("context.key");
+    std::fs::write(&path, format!("{hex}\n")).expect("write context key");
+    path.to_string_lossy().into_owned()
+}
+
 /// Several `kvnode` processes forming one cluster (`kv-0`, `kv-1`, … on ports picked up front).
 ///
 /// Node `i` runs `kvnode --node-id kv-i --listen 127.0.0.1:PORTi --data-dir <its tmp>/data
@@ -1325,6 +1335,9 @@ impl Cluster {
             serde_json::to_vec_pretty(&config).expect("serialize ClusterConfig"),
         )
         .expect("write cluster config");
+        let key_path = write_context_key(config_dir.path());
+        let mut node_args = node_args;
+        node_args.extend(["--context-key-file".to_owned(), key_path]);
 
         let mut nodes = Vec::with_capacity(n_nodes);
         let mut clients = Vec::with_capacity(n_nodes);

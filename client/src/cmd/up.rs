@@ -1,7 +1,8 @@
 //! `kvctl up`: a local cluster of kvnode processes on loopback, in the foreground.
 //!
 //! Node `i` has id `kv-i`, listens on `127.0.0.1:(PORT+i)`, keeps its data in `DIR/kv-i` and its stderr in
-//! `DIR/kv-i.log`; every node reads the same `DIR/cluster.json`. Ctrl-C or SIGTERM stops the nodes (SIGTERM,
+//! `DIR/kv-i.log`; every node reads the same `DIR/cluster.json` and `DIR/context.key` (made on the first
+//! run). Ctrl-C or SIGTERM stops the nodes (SIGTERM,
 //! then SIGKILL after [`STOP_TIMEOUT`]).
 
 use std::fs::{File, OpenOptions};
@@ -37,6 +38,8 @@ const MAX_NODES: u16 = 64;
 const LOG_TAIL_LINES: usize = 20;
 /// Name of the config file in the data directory.
 const CONFIG_FILE: &str = "cluster.json";
+/// Name of the context key file in the data directory, shared by every node (`--context-key-file`).
+const CONTEXT_KEY_FILE: &str = "context.key";
 
 /// Arguments of `kvctl up`.
 #[derive(Debug, Args)]
@@ -213,6 +216,24 @@ fn write_config(path: &Path, config: &ClusterConfig) -> Result<(), String> {
     let temp = path.with_extension("json.tmp");
     std::fs::write(&temp, text)
         .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Creates the cluster's context key file (64 random hex characters, readable by the owner only)
+/// unless it exists: a key kept across runs keeps the contexts clients hold valid.
+fn ensure_context_key(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    let key: [u8; 32] = rand::random();
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .and_then(|mut file| writeln!(file, "{hex}"))
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
@@ -454,6 +475,9 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
     if let Err(e) = write_config(&config_path, &config) {
         return refuse(&e);
     }
+    if let Err(e) = ensure_context_key(&args.data_dir.join(CONTEXT_KEY_FILE)) {
+        return refuse(&e);
+    }
     let mut signals = match StopSignals::install() {
         Ok(signals) => signals,
         Err(e) => return refuse(&format!("cannot install signal handlers: {e}")),
@@ -575,7 +599,8 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
     }
 }
 
-/// Starts one node: `kvnode --node-id ID --listen ADDR --data-dir DIR/ID --cluster-config DIR/cluster.json`,
+/// Starts one node: `kvnode --node-id ID --listen ADDR --data-dir DIR/ID --cluster-config DIR/cluster.json
+/// --context-key-file DIR/context.key`,
 /// stdout piped (for the ready line), stderr appended to the node's log, in its own process group so a
 /// terminal's Ctrl-C reaches kvctl only and kvctl stops the nodes in order.
 fn spawn_node(
@@ -609,6 +634,8 @@ fn spawn_node(
         .arg(&node_dir)
         .arg("--cluster-config")
         .arg(config_path)
+        .arg("--context-key-file")
+        .arg(data_dir.join(CONTEXT_KEY_FILE))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

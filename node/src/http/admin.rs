@@ -57,6 +57,7 @@ pub(super) async fn admin_cluster(State(node): State<Arc<Node>>, request: Reques
                 let config: kvapi::ClusterConfig = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::BadConfig(format!("not a cluster config: {e}")))?;
                 let offered = config.epoch;
+                node.replica.contexts().check_cluster(&config)?;
                 if node.membership.propose(config)? {
                     Ok(axum::Json(node.membership.view().config.clone()).into_response())
                 } else {

@@ -11,7 +11,8 @@ use base64::Engine as _;
 use kvapi::{CONTEXT_HEADER, ReadResponse, SiblingView};
 
 use super::{MAX_TIMEOUT_MS, Node, error_response, insert_context, read_value};
-use crate::causality::{SiblingSet, VersionVector, decode_context, encode_context};
+use crate::causality::{SiblingSet, VersionVector};
+use crate::context_token::{ContextError, ContextKeys};
 use crate::error::Error;
 
 /// The three key-value operations.
@@ -80,12 +81,12 @@ async fn handle_kv(node: &Node, operation: Operation, request: Request) -> Resul
                 get(node, key, params.quorum, deadline, wants_json).await
             }
             Operation::Put => {
-                let context = parse_context(&key, request.headers())?;
+                let context = parse_context(node.replica.contexts(), &key, request.headers())?;
                 let value = read_value(request, node.max_value_bytes).await?;
                 write(node, key, context, Some(value), params.quorum, deadline).await
             }
             Operation::Delete => {
-                let context = parse_context(&key, request.headers())?;
+                let context = parse_context(node.replica.contexts(), &key, request.headers())?;
                 write(node, key, context, None, params.quorum, deadline).await
             }
         }
@@ -103,7 +104,7 @@ async fn get(
     wants_json: bool,
 ) -> Result<Response, Error> {
     let set = node.coordinator.read(key.clone(), r, deadline).await?;
-    let context = encode_context(&key, set.context());
+    let context = node.replica.contexts().encode(&key, set.context());
     if set.live().next().is_none() {
         // Absent, or only tombstones: the context of a deleted key still matters to a writer.
         let mut response = error_response(&Error::KeyNotFound);
@@ -153,7 +154,8 @@ async fn write(
         .write(key.clone(), context, value, w, deadline, false)
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    insert_context(response.headers_mut(), &encode_context(&key, set.context()));
+    let context = node.replica.contexts().encode(&key, set.context());
+    insert_context(response.headers_mut(), &context);
     Ok(response)
 }
 
@@ -258,14 +260,19 @@ fn parse_params(
     Ok(params)
 }
 
-fn parse_context(key: &[u8], headers: &HeaderMap) -> Result<VersionVector, Error> {
+/// The client's causal context: none (a blind write), or a token this cluster issued for `key`.
+fn parse_context(
+    contexts: &ContextKeys,
+    key: &[u8],
+    headers: &HeaderMap,
+) -> Result<VersionVector, Error> {
     match headers.get(CONTEXT_HEADER) {
         None => Ok(VersionVector::default()),
         Some(value) => {
             let token = value
                 .to_str()
-                .map_err(|_| Error::BadContext(crate::causality::ContextError::Malformed))?;
-            Ok(decode_context(key, token)?)
+                .map_err(|_| Error::BadContext(ContextError::Malformed))?;
+            Ok(contexts.decode(key, token)?)
         }
     }
 }

@@ -225,6 +225,7 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
             (StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED)
         }
         Error::TooManySiblings { .. } => (StatusCode::CONFLICT, codes::TOO_MANY_SIBLINGS),
+        Error::Causality(_) => (StatusCode::CONFLICT, codes::CAUSAL_LIMIT),
         Error::StaleEpoch { .. } | Error::NotOwner(_) => (StatusCode::CONFLICT, codes::STALE_EPOCH),
         Error::TransitionInProgress(_) => (StatusCode::CONFLICT, codes::TRANSITION_IN_PROGRESS),
         Error::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::VALUE_TOO_LARGE),

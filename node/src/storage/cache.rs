@@ -125,7 +125,8 @@ mod tests {
             &Actor::new("kv-0", 1),
             Some(vec![0; bytes]),
             0,
-        );
+        )
+        .unwrap();
         Arc::new(set)
     }
 

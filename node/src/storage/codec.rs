@@ -59,8 +59,10 @@ mod tests {
     fn sample() -> SiblingSet {
         let mut set = SiblingSet::default();
         let actor = Actor::new("kv-0", 7);
-        set.update(&VersionVector::default(), &actor, Some(b"v".to_vec()), 42);
-        set.update(&VersionVector::default(), &actor, None, 43);
+        set.update(&VersionVector::default(), &actor, Some(b"v".to_vec()), 42)
+            .unwrap();
+        set.update(&VersionVector::default(), &actor, None, 43)
+            .unwrap();
         set
     }
 

@@ -197,7 +197,8 @@ mod tests {
             &Actor::new("kv-0", 1),
             Some(vec![i]),
             0,
-        );
+        )
+        .unwrap();
         Hint {
             partition: 1,
             key: vec![i],

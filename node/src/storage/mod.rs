@@ -188,6 +188,16 @@ impl Storage {
         Ok(())
     }
 
+    /// A random 32-byte secret named `name`, created (synced) on first use and kept with the data.
+    pub fn local_secret(&self, name: &str) -> Result<Vec<u8>, Error> {
+        if let Some(secret) = self.meta(name)? {
+            return Ok(secret);
+        }
+        let secret: [u8; 32] = rand::random();
+        self.set_meta(name, Some(&secret))?;
+        Ok(secret.to_vec())
+    }
+
     /// Syncs the write-ahead log to disk (the periodic durability tick).
     pub fn sync_wal(&self) -> Result<(), Error> {
         Ok(self.db.flush_wal(true)?)
@@ -246,7 +256,8 @@ mod tests {
             &Actor::new("kv-0", 1),
             Some(b"v".to_vec()),
             0,
-        );
+        )
+        .unwrap();
         let incarnation = {
             let storage = open(dir.path());
             storage.store(3, b"k", Arc::new(set.clone())).unwrap();

@@ -209,7 +209,8 @@ mod tests {
             &Actor::new("kv-0", 1),
             Some(value.to_vec()),
             0,
-        );
+        )
+        .unwrap();
         Arc::new(set)
     }
 
