@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -27,8 +28,8 @@ use tracing::{debug, info, warn};
 
 use crate::addressing::AddressSource;
 use crate::builders::{
-    self, FIELD_MANAGER, cluster_name, configmap, configmap_name, pdb, pod_name, service,
-    servicemonitor, statefulset,
+    self, FIELD_MANAGER, cluster_name, configmap, configmap_name, networkpolicy, pdb, pod_name,
+    secret, service, servicemonitor, statefulset,
 };
 use crate::crd::KVCluster;
 use crate::metrics::Metrics;
@@ -348,6 +349,7 @@ async fn apply_objects<A: NodeAdmin>(
     plan: &Plan,
 ) -> Result<()> {
     let client = &ctx.client;
+    ensure_context_key(client, kvc, ns).await?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let cm = configmap::build(kvc, &plan.config_map)?;
     Api::<ConfigMap>::namespaced(client.clone(), ns)
@@ -367,6 +369,12 @@ async fn apply_objects<A: NodeAdmin>(
     Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
         .patch(&budget.name_any(), &pp, &Patch::Apply(&budget))
         .await?;
+    if kvc.spec.network_policy.enabled {
+        let policy = networkpolicy::build(kvc);
+        Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+            .patch(&policy.name_any(), &pp, &Patch::Apply(&policy))
+            .await?;
+    }
     if ctx.monitoring_served().await? {
         let sm = servicemonitor::build(kvc);
         Api::<DynamicObject>::namespaced_with(client.clone(), ns, &servicemonitor::api_resource())
@@ -374,6 +382,20 @@ async fn apply_objects<A: NodeAdmin>(
             .await?;
     }
     Ok(())
+}
+
+/// Creates the context key Secret unless it exists. Never patched: a changed key would make every
+/// context token clients hold invalid.
+async fn ensure_context_key(client: &Client, kvc: &KVCluster, ns: &str) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match api
+        .create(&PostParams::default(), &secret::context_key(kvc))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Pushes `config` to every node that answered, in ordinal order. The same epoch goes to all, so

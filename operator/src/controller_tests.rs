@@ -197,6 +197,7 @@ impl ApiServer {
 
     /// Every owned object, in the reconciler's order; returns (ConfigMap, StatefulSet, PDB).
     async fn apply_owned(&mut self) -> Result<(Value, Value, Value), Box<dyn std::error::Error>> {
+        self.create_context_key().await?;
         let cm = self
             .apply("/api/v1/namespaces/ns/configmaps/kv-config")
             .await?;
@@ -212,10 +213,31 @@ impl ApiServer {
         let pdb = self
             .apply("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/kv")
             .await?;
-        for obj in [&cm, &headless, &client, &sts, &pdb] {
+        let policy = self
+            .apply("/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/kv")
+            .await?;
+        assert_eq!(policy["spec"]["policyTypes"][0], "Ingress");
+        for obj in [&cm, &headless, &client, &sts, &pdb, &policy] {
             assert_eq!(obj["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         }
         Ok((cm, sts, pdb))
+    }
+
+    /// The context key Secret's creation, answered "already exists" (what every reconcile but the
+    /// first sees), after checking the Secret.
+    async fn create_context_key(&mut self) -> TestResult {
+        let (_, body, send) = self
+            .expect(Method::POST, "/api/v1/namespaces/ns/secrets")
+            .await?;
+        assert_eq!(body["metadata"]["name"], "kv-context-key", "{body}");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let key = body["stringData"]["context.key"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(key.len(), 64, "{body}");
+        let exists = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "secrets \"kv-context-key\" already exists"});
+        Self::reply(send, StatusCode::CONFLICT, &exists)
     }
 
     /// An event with `reason`.

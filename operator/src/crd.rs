@@ -6,6 +6,7 @@
 //! the operator reporting a broken resource later. This module must not do I/O.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -119,6 +120,42 @@ pub struct KVClusterSpec {
     /// The operator reads this one Secret to talk to the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_secret_ref: Option<SecretKeyRef>,
+
+    /// Who may reach the pods, enforced by a NetworkPolicy the operator owns.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// The NetworkPolicy of a cluster: the peer port is always limited to the cluster's own pods.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Whether the operator applies the NetworkPolicy (turning it off later leaves the last one in
+    /// place: delete it by hand).
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Who may reach the client port (data, admin, metrics); anyone when empty. The operator's own
+    /// pods are always let through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_from: Vec<NetworkPolicyPeer>,
+    /// Namespace whose pods (Prometheus) may scrape `/metrics` when `clientFrom` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub metrics_namespace: Option<String>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            client_from: Vec::new(),
+            metrics_namespace: None,
+        }
+    }
+}
+
+fn enabled() -> bool {
+    true
 }
 
 fn default_partitions() -> u32 {

@@ -3,7 +3,8 @@
 //!
 //! Least privilege: no wildcards, no `delete` (owner references let the garbage collector remove
 //! owned objects), no `pods/exec`, read-only pods, and Secrets only `get` — needed solely for the
-//! `adminTokenSecretRef` spec field, so a chart may drop that rule when no cluster uses it.
+//! `adminTokenSecretRef` spec field, so a chart may drop that rule when no cluster uses it — and
+//! `create`, for the context key Secret of a new cluster (which the operator never reads back).
 //! `create` accompanies `patch` where server-side apply may create the object.
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
@@ -44,10 +45,18 @@ pub fn rules() -> Vec<PolicyRule> {
             &["poddisruptionbudgets"],
             &["get", "list", "watch", "create", "patch"],
         ),
+        // The NetworkPolicy of each cluster (applied, not watched).
+        rule(
+            "networking.k8s.io",
+            &["networkpolicies"],
+            &["get", "create", "patch"],
+        ),
         // Pod readiness decides when new members join.
         rule("", &["pods"], &["get", "list"]),
         // The admin token named by spec.adminTokenSecretRef.
         rule("", &["secrets"], &["get"]),
+        // The context key Secret of a new cluster: created once, never read back.
+        rule("", &["secrets"], &["create"]),
         // Events for ring changes (create, and patch for repeated ones).
         rule("events.k8s.io", &["events"], &["create", "patch"]),
         // Leader election (the chart may narrow this to a Role in the operator's namespace).
@@ -100,7 +109,7 @@ mod tests {
                 "{r:?}"
             );
             if resources.iter().any(|x| x == "secrets") {
-                assert_eq!(r.verbs, vec!["get"]);
+                assert!(r.verbs == ["get"] || r.verbs == ["create"], "{r:?}");
             }
             if resources.iter().any(|x| x == "pods") {
                 assert!(r.verbs.iter().all(|v| v == "get" || v == "list"));

@@ -484,6 +484,18 @@ async fn the_operator_service_account_gets_exactly_its_rbac() {
         .await
         .expect("get the named admin token Secret");
     assert!(got.data.is_some_and(|d| d.contains_key("token")));
+    let context_key = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("demo-context-key".into()),
+            ..Default::default()
+        },
+        string_data: Some([("context.key".to_string(), "k".repeat(64))].into()),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(sa.clone(), ns)
+        .create(&PostParams::default(), &context_key)
+        .await
+        .expect("create the context key Secret");
     Api::<StatefulSet>::all(sa.clone())
         .list(&ListParams::default())
         .await

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Service, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret, Service, Volume};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -211,6 +211,14 @@ impl FakeKubelets {
             let json = cm.data.unwrap_or_default()["cluster.json"].clone();
             let config_path = self.dir.path().join(format!("{name}.cluster.json"));
             std::fs::write(&config_path, json).unwrap();
+            // And the context key Secret the operator created, as the pod's secret volume.
+            let secret = Api::<Secret>::namespaced(self.client.clone(), NS)
+                .get(&format!("{NAME}-context-key"))
+                .await
+                .expect("the context key Secret exists before the StatefulSet");
+            let key = secret.data.unwrap_or_default()["context.key"].0.clone();
+            let key_path = self.dir.path().join(format!("{name}.context.key"));
+            std::fs::write(&key_path, key).unwrap();
             let port = self.ports[i as usize];
             let builder = NodeBuilder::new().without_listen().args([
                 "--node-id".to_string(),
@@ -219,6 +227,8 @@ impl FakeKubelets {
                 format!("127.0.0.1:{port}"),
                 "--cluster-config".to_string(),
                 config_path.display().to_string(),
+                "--context-key-file".to_string(),
+                key_path.display().to_string(),
                 "--cache-size".to_string(),
                 "16MiB".to_string(),
             ]);

@@ -5,7 +5,9 @@
 //! server-side apply, and the unit tests read the objects field by field.
 
 pub mod configmap;
+pub mod networkpolicy;
 pub mod pdb;
+pub mod secret;
 pub mod service;
 pub mod servicemonitor;
 pub mod statefulset;
@@ -19,12 +21,16 @@ use crate::crd::KVCluster;
 
 /// The node's HTTP port (client, admin, peer RPC and metrics).
 pub const NODE_PORT: u16 = 8080;
+/// The node's peer port (peer RPC only, mutual TLS when configured).
+pub const PEER_PORT: u16 = 7070;
 /// Name of the node's port in the pod and the Services.
 pub const PORT_NAME: &str = "http";
 /// Key of the cluster config in the ConfigMap, and its file name in the pod.
 pub const CLUSTER_JSON: &str = "cluster.json";
 /// Where the ConfigMap is mounted in the pod.
 pub const CONFIG_DIR: &str = "/etc/kvcluster";
+/// Where the context key Secret is mounted in the pod.
+pub const CONTEXT_KEY_DIR: &str = "/etc/kvcluster-context";
 /// Where the data volume is mounted in the pod.
 pub const DATA_DIR: &str = "/data";
 /// The field manager of every server-side apply.
@@ -124,6 +130,7 @@ pub(crate) mod fixtures {
                 cache_size: "64Mi".into(),
                 durability: Durability::Periodic,
                 admin_token_secret_ref: None,
+                network_policy: Default::default(),
             },
             status: None,
         }

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
     WeightedPodAffinityTerm,
 };
@@ -23,8 +23,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::secret::{CONTEXT_KEY, context_key_name};
 use super::{
-    CLUSTER_JSON, CONFIG_DIR, DATA_DIR, NODE_PORT, PORT_NAME, configmap_name,
+    CLUSTER_JSON, CONFIG_DIR, CONTEXT_KEY_DIR, DATA_DIR, NODE_PORT, PORT_NAME, configmap_name,
     headless_service_name, labels, owned_meta, selector_labels,
 };
 use crate::crd::KVCluster;
@@ -78,6 +79,10 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
         env(
             "KVNODE_CLUSTER_CONFIG",
             format!("{CONFIG_DIR}/{CLUSTER_JSON}"),
+        ),
+        env(
+            "KVNODE_CONTEXT_KEY_FILE",
+            format!("{CONTEXT_KEY_DIR}/{CONTEXT_KEY}"),
         ),
         env("KVNODE_DURABILITY", s.durability.as_str()),
         env("KVNODE_CACHE_SIZE", node_cache_size(&s.cache_size)),
@@ -163,6 +168,12 @@ fn container(kvc: &KVCluster) -> Container {
                 ..VolumeMount::default()
             },
             VolumeMount {
+                name: "context-key".into(),
+                mount_path: CONTEXT_KEY_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
                 name: "tmp".into(),
                 mount_path: "/tmp".into(),
                 ..VolumeMount::default()
@@ -239,6 +250,15 @@ pub fn build(kvc: &KVCluster, replicas: u32) -> StatefulSet {
                 config_map: Some(ConfigMapVolumeSource {
                     name: configmap_name(kvc),
                     ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "context-key".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(context_key_name(kvc)),
+                    default_mode: Some(0o440),
+                    ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()
             },
