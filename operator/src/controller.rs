@@ -199,6 +199,9 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Label a Secret must carry for the operator to read it as an admin token and mount it into pods.
+pub const ADMIN_TOKEN_LABEL: &str = "kvcluster.io/admin-token";
+
 async fn admin_token(client: &Client, ns: &str, kvc: &KVCluster) -> Result<Option<String>> {
     let Some(sref) = &kvc.spec.admin_token_secret_ref else {
         return Ok(None);
@@ -207,6 +210,14 @@ async fn admin_token(client: &Client, ns: &str, kvc: &KVCluster) -> Result<Optio
         .get_opt(&sref.name)
         .await?
         .ok_or_else(|| Error::AdminToken(format!("Secret {ns}/{} not found", sref.name)))?;
+    if secret.labels().get(ADMIN_TOKEN_LABEL).map(String::as_str) != Some("true") {
+        // Without the opt-in, anyone allowed to create a KVCluster could have any Secret of the
+        // namespace mounted into pods of an image of their choosing.
+        return Err(Error::AdminToken(format!(
+            "Secret {ns}/{} lacks the label {ADMIN_TOKEN_LABEL}=true that allows kvoperator to use it",
+            sref.name
+        )));
+    }
     let bytes = secret
         .data
         .and_then(|d| d.get(&sref.key).cloned())

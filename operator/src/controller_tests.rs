@@ -739,6 +739,35 @@ async fn settled_cluster_reports_running_and_requeues_slowly() -> TestResult {
 }
 
 #[tokio::test]
+async fn an_admin_token_secret_without_the_opt_in_label_is_refused_before_anything_is_applied()
+-> TestResult {
+    let (ctx, handle) = context(FakeNodes::default(), ServiceMonitorMode::Never);
+    let mut resource = kvc(3, 3, 2, 2);
+    resource.spec.admin_token_secret_ref = Some(crate::crd::SecretKeyRef {
+        name: "db-password".into(),
+        key: "token".into(),
+    });
+    let task = tokio::spawn(reconcile(Arc::new(resource.clone()), ctx.clone()));
+    let mut api = ApiServer {
+        handle,
+        kvc: resource,
+    };
+    // Some other Secret of the namespace, named by whoever wrote the resource.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "db-password", "namespace": "ns"}, "data": {"token": "aHVudGVyMg=="}});
+    api.get("/api/v1/namespaces/ns/secrets/db-password", secret)
+        .await?;
+    let result = tokio::time::timeout(Duration::from_secs(5), task).await??;
+    let Err(error) = result else {
+        return Err("reconcile went on with an unlabelled Secret".into());
+    };
+    assert_eq!(error.metric_label(), "admin_token");
+    assert!(error.to_string().contains(ADMIN_TOKEN_LABEL), "{error}");
+    api.done().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_failing_api_call_fails_the_reconcile_and_backs_off() -> TestResult {
     let (ctx, handle) = context(FakeNodes::default(), ServiceMonitorMode::Never);
     let resource = Arc::new(kvc(3, 3, 2, 2));

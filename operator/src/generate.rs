@@ -31,6 +31,11 @@ pub fn rbac_yaml() -> Result<String, RenderError> {
     yaml(&crate::rbac::cluster_role())
 }
 
+/// The per-namespace Secret reader ClusterRole as YAML.
+pub fn secret_reader_yaml() -> Result<String, RenderError> {
+    yaml(&crate::rbac::secret_reader_role())
+}
+
 /// The workspace root (the parent of the operator crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,5 +48,9 @@ pub fn files() -> Result<Vec<(PathBuf, String)>, RenderError> {
     Ok(vec![
         (PathBuf::from("crds/kvcluster.yaml"), crd_yaml()?),
         (PathBuf::from("operator/rbac.yaml"), rbac_yaml()?),
+        (
+            PathBuf::from("operator/rbac-secret-reader.yaml"),
+            secret_reader_yaml()?,
+        ),
     ])
 }

@@ -2,9 +2,9 @@
 //! `operator/rbac.yaml` (a ClusterRole); the Helm chart copies its rules.
 //!
 //! Least privilege: no wildcards, no `delete` (owner references let the garbage collector remove
-//! owned objects), no `pods/exec`, read-only pods, and Secrets only `get` — needed solely for the
-//! `adminTokenSecretRef` spec field, so a chart may drop that rule when no cluster uses it — and
-//! `create`, for the context key Secret of a new cluster (which the operator never reads back).
+//! owned objects), no `pods/exec`, read-only pods, and on Secrets only `create`, for the context key
+//! Secret of a new cluster (which the operator never reads back). Reading a Secret (the
+//! `adminTokenSecretRef` spec field) is a second role, [`secret_reader_role`], bound per namespace.
 //! `create` accompanies `patch` where server-side apply may create the object.
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
@@ -53,8 +53,6 @@ pub fn rules() -> Vec<PolicyRule> {
         ),
         // Pod readiness decides when new members join.
         rule("", &["pods"], &["get", "list"]),
-        // The admin token named by spec.adminTokenSecretRef.
-        rule("", &["secrets"], &["get"]),
         // The context key Secret of a new cluster: created once, never read back.
         rule("", &["secrets"], &["create"]),
         // Events for ring changes (create, and patch for repeated ones).
@@ -72,6 +70,21 @@ pub fn rules() -> Vec<PolicyRule> {
             &["get", "create", "patch"],
         ),
     ]
+}
+
+/// The ClusterRole `kvoperator-secret-reader`: `get` on Secrets, granted per namespace by a
+/// RoleBinding (never a ClusterRoleBinding), only where a cluster names an admin token Secret. The
+/// operator then reads Secrets of those namespaces only, and of those only the ones labelled
+/// [`crate::controller::ADMIN_TOKEN_LABEL`].
+pub fn secret_reader_role() -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some("kvoperator-secret-reader".into()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(vec![rule("", &["secrets"], &["get"])]),
+        ..ClusterRole::default()
+    }
 }
 
 /// The ClusterRole `kvoperator`.
@@ -109,11 +122,19 @@ mod tests {
                 "{r:?}"
             );
             if resources.iter().any(|x| x == "secrets") {
-                assert!(r.verbs == ["get"] || r.verbs == ["create"], "{r:?}");
+                assert_eq!(r.verbs, ["create"], "no Secret is read cluster-wide: {r:?}");
             }
             if resources.iter().any(|x| x == "pods") {
                 assert!(r.verbs.iter().all(|v| v == "get" || v == "list"));
             }
         }
+    }
+
+    #[test]
+    fn the_secret_reader_only_gets_secrets() {
+        let rules = secret_reader_role().rules.unwrap_or_default();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].resources, Some(vec!["secrets".to_string()]));
+        assert_eq!(rules[0].verbs, ["get"]);
     }
 }

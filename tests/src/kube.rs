@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -630,6 +630,39 @@ impl ControlPlane {
             .create(&PostParams::default(), &binding)
             .await
             .unwrap_or_else(|e| panic!("bind ClusterRole {role} to {namespace}/{name}: {e}"));
+    }
+
+    /// Binds ClusterRole `role` to ServiceAccount `sa_namespace/name` within `namespace` only (a
+    /// RoleBinding there, named like the role).
+    pub async fn bind_cluster_role_in(
+        &self,
+        role: &str,
+        namespace: &str,
+        sa_namespace: &str,
+        name: &str,
+    ) {
+        let binding = RoleBinding {
+            metadata: ObjectMeta {
+                name: Some(role.to_string()),
+                namespace: Some(namespace.to_string()),
+                ..ObjectMeta::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: role.to_string(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: name.to_string(),
+                namespace: Some(sa_namespace.to_string()),
+                ..Subject::default()
+            }]),
+        };
+        Api::<RoleBinding>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap_or_else(|e| panic!("bind ClusterRole {role} in {namespace}: {e}"));
     }
 
     /// A one-hour token of ServiceAccount `namespace/name` from the TokenRequest API (created

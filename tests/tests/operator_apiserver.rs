@@ -14,6 +14,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use kvcluster_tests::kube::{ControlPlane, client_from_kubeconfig, repo_path};
+use kvoperator::controller::ADMIN_TOKEN_LABEL;
 use kvoperator::crd::KVCluster;
 use serde_json::{Value, json};
 
@@ -400,10 +401,20 @@ async fn the_operator_service_account_gets_exactly_its_rbac() {
         .bind_cluster_role("kvoperator", ns, "kvoperator")
         .await;
 
+    // The per-namespace Secret reader, as rendered and as built.
+    let reader_doc = yaml_file(&repo_path("operator/rbac-secret-reader.yaml"));
+    let reader: ClusterRole = serde_json::from_value(reader_doc).unwrap();
+    assert_eq!(reader.rules, kvoperator::rbac::secret_reader_role().rules);
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &reader)
+        .await
+        .expect("create the secret reader ClusterRole");
+
     // Fixtures, made by the admin.
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some("admin-token".into()),
+            labels: Some([(ADMIN_TOKEN_LABEL.to_string(), "true".to_string())].into()),
             ..Default::default()
         },
         string_data: Some([("token".to_string(), "s3cret".to_string())].into()),
@@ -479,10 +490,53 @@ async fn the_operator_service_account_gets_exactly_its_rbac() {
         .list(&ListParams::default())
         .await
         .expect("list pods");
-    let got = Api::<Secret>::namespaced(sa.clone(), ns)
-        .get("admin-token")
+    // Secrets: none can be read until the reader is bound in the namespace, and then only there.
+    plane.create_namespace("elsewhere", &[]).await;
+    let elsewhere_secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("not-given".into()),
+            ..Default::default()
+        },
+        string_data: Some([("token".to_string(), "other".to_string())].into()),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(admin.clone(), "elsewhere")
+        .create(&PostParams::default(), &elsewhere_secret)
         .await
-        .expect("get the named admin token Secret");
+        .unwrap();
+    assert_eq!(
+        code_of(Api::<Secret>::namespaced(sa.clone(), ns).get("admin-token")).await,
+        403,
+        "the ClusterRole alone reads no Secret"
+    );
+    plane
+        .bind_cluster_role_in("kvoperator-secret-reader", ns, ns, "kvoperator")
+        .await;
+    // The authorizer learns of a new binding from a watch: allow it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let got = loop {
+        match Api::<Secret>::namespaced(sa.clone(), ns)
+            .get("admin-token")
+            .await
+        {
+            Ok(secret) => break secret,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("waiting for the RoleBinding to take effect: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("get the admin token Secret where the reader is bound: {e}"),
+        }
+    };
+    assert_eq!(
+        code_of(Api::<Secret>::namespaced(sa.clone(), "elsewhere").get("not-given")).await,
+        403,
+        "a Secret of a namespace the operator was not given stays unreadable"
+    );
+    assert_eq!(
+        code_of(Api::<Secret>::namespaced(admin.clone(), "elsewhere").get("not-given")).await,
+        200,
+        "the admin reaches it"
+    );
     assert!(got.data.is_some_and(|d| d.contains_key("token")));
     let context_key = Secret {
         metadata: kube::api::ObjectMeta {
