@@ -130,6 +130,19 @@ pub struct Member {
     pub address: String,
 }
 
+/// Most members a ring may have (in the current ring and, during a change, in the ring being left).
+pub const MAX_MEMBERS: usize = 256;
+/// Longest member id, in bytes: a DNS label (a StatefulSet pod name is one).
+pub const MAX_MEMBER_ID_BYTES: usize = 63;
+/// Longest member address (`host:port`), in bytes: a DNS name of 253 bytes, a colon and a port.
+pub const MAX_ADDRESS_BYTES: usize = 259;
+/// Most tokens a ring may place (members × vnodes), so a config cannot make nodes allocate and sort
+/// an unbounded ring.
+pub const MAX_RING_TOKENS: u64 = 256 * 1024;
+/// Highest epoch a config may carry: far above any real count of changes (one per change), and low
+/// enough that `epoch + 1` never overflows and JSON readers that use doubles read it exactly.
+pub const MAX_EPOCH: u64 = (1 << 53) - 1;
+
 /// The one source of truth about a cluster; the highest `epoch` wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
@@ -176,11 +189,18 @@ pub struct PriorRing {
 }
 
 impl ClusterConfig {
-    /// Checks the config's own consistency: quorums within 1..=N, at least one member, unique ids
-    /// and addresses, a power-of-two partition count, at least one vnode.
+    /// Checks the config's own consistency: quorums within 1..=N, 1..=[`MAX_MEMBERS`] members with
+    /// unique DNS-label ids and unique bounded addresses, a power-of-two partition count, 1..=4096
+    /// vnodes and at most [`MAX_RING_TOKENS`] tokens, an epoch up to [`MAX_EPOCH`].
     pub fn validate(&self) -> Result<(), String> {
         if self.cluster.is_empty() {
             return Err("cluster name is empty".into());
+        }
+        if self.epoch > MAX_EPOCH {
+            return Err(format!(
+                "epoch {} is above the highest allowed epoch {MAX_EPOCH}",
+                self.epoch
+            ));
         }
         if self.n == 0 {
             return Err("n must be at least 1".into());
@@ -200,9 +220,10 @@ impl ClusterConfig {
         if self.vnodes == 0 || self.vnodes > 4096 {
             return Err(format!("vnodes must be 1..=4096, got {}", self.vnodes));
         }
-        validate_members(&self.members)?;
+        validate_members(&self.members, self.vnodes)?;
         if let Some(prior) = &self.transition_from {
-            validate_members(&prior.members).map_err(|e| format!("transition_from: {e}"))?;
+            validate_members(&prior.members, self.vnodes)
+                .map_err(|e| format!("transition_from: {e}"))?;
             if prior.n == 0 || prior.epoch >= self.epoch {
                 return Err(format!(
                     "transition_from must have n >= 1 and an epoch below {}",
@@ -233,13 +254,41 @@ impl ClusterConfig {
     }
 }
 
-fn validate_members(members: &[Member]) -> Result<(), String> {
+fn validate_members(members: &[Member], vnodes: u32) -> Result<(), String> {
     if members.is_empty() {
         return Err("a cluster needs at least one member".into());
+    }
+    if members.len() > MAX_MEMBERS {
+        return Err(format!(
+            "{} members, at most {MAX_MEMBERS} are allowed",
+            members.len()
+        ));
+    }
+    let tokens = members.len() as u64 * u64::from(vnodes);
+    if tokens > MAX_RING_TOKENS {
+        return Err(format!(
+            "{} members x {vnodes} vnodes = {tokens} ring tokens, at most {MAX_RING_TOKENS} are allowed",
+            members.len()
+        ));
     }
     for (i, m) in members.iter().enumerate() {
         if m.id.is_empty() || m.address.is_empty() {
             return Err(format!("member {i} has an empty id or address"));
+        }
+        if !is_member_id(&m.id) {
+            return Err(format!(
+                "member {i} has id {:?}: ids are 1..={MAX_MEMBER_ID_BYTES} bytes of a-z, 0-9 and '-', \
+                 not starting or ending with '-' (a DNS label)",
+                truncated(&m.id)
+            ));
+        }
+        if m.address.len() > MAX_ADDRESS_BYTES || !m.address.bytes().all(is_address_byte) {
+            return Err(format!(
+                "member {} has address {:?}: addresses are up to {MAX_ADDRESS_BYTES} bytes of \
+                 letters, digits and '.-_:[]'",
+                m.id,
+                truncated(&m.address)
+            ));
         }
         if members[..i]
             .iter()
@@ -249,6 +298,28 @@ fn validate_members(members: &[Member]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether `id` may name a member: a DNS label (1..=63 bytes of `a-z`, `0-9`, `-`, with a letter or
+/// digit at each end), so it is safe in logs, metrics, file names and storage keys.
+pub fn is_member_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_MEMBER_ID_BYTES
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+fn is_address_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b".-_:[]".contains(&b)
+}
+
+/// At most 80 characters of `text`, for error messages about oversized input.
+fn truncated(text: &str) -> String {
+    text.chars().take(80).collect()
 }
 
 /// `GET /admin/v1/ring`: the preference list of every partition under the node's current config.
@@ -354,4 +425,62 @@ pub struct PeerStatus {
     pub alive: bool,
     /// Milliseconds since the last successful exchange, if there was one.
     pub last_seen_ms_ago: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config(members: usize) -> ClusterConfig {
+        ClusterConfig {
+            cluster: "c".into(),
+            epoch: 1,
+            members: (0..members)
+                .map(|i| Member {
+                    id: format!("kv-{i}"),
+                    address: format!("10.0.{}.{}:8080", i / 256, i % 256),
+                })
+                .collect(),
+            n: 1,
+            w: 1,
+            r: 1,
+            partitions: 256,
+            vnodes: 64,
+            sloppy_quorum: true,
+            transition_from: None,
+        }
+    }
+
+    #[test]
+    fn member_count_ids_addresses_tokens_and_epochs_are_bounded() {
+        assert!(config(MAX_MEMBERS).validate().is_ok());
+        let refused = config(MAX_MEMBERS + 1).validate().unwrap_err();
+        assert!(refused.contains("at most 256"), "{refused}");
+        let mut dense = config(MAX_MEMBERS);
+        dense.vnodes = 4096;
+        assert!(dense.validate().unwrap_err().contains("ring tokens"));
+        for bad in ["", "-kv", "kv-", "Kv-0", "kv_0", "kv.0", &"k".repeat(64)] {
+            let mut c = config(1);
+            c.members[0].id = bad.into();
+            assert!(c.validate().is_err(), "id {bad:?} accepted");
+        }
+        let mut c = config(1);
+        c.members[0].id = "k".repeat(63);
+        assert!(c.validate().is_ok());
+        for bad in ["a b:1", "a\n:1", &format!("{}:1", "a".repeat(300))] {
+            let mut c = config(1);
+            c.members[0].address = bad.into();
+            assert!(c.validate().is_err(), "address {bad:?} accepted");
+        }
+        let mut c = config(1);
+        c.members[0].address = "[::1]:8080".into();
+        assert!(c.validate().is_ok());
+        let mut c = config(1);
+        c.epoch = MAX_EPOCH;
+        assert!(c.validate().is_ok());
+        c.epoch = u64::MAX;
+        assert!(c.validate().unwrap_err().contains("highest allowed epoch"));
+    }
 }

@@ -8,7 +8,11 @@
 //!
 //! Tombstone garbage collection rides on the sweep: the first owner of a partition, after finding
 //! every owner's summary equal to its own (so every owner holds the same tombstones), purges the
-//! tombstones older than the grace period on every owner, and only those still unchanged.
+//! tombstones older than the grace period on every owner, and only those still unchanged. It first
+//! asks every member whether it holds a hint for the partition, and postpones the purge while one
+//! does: a hint older than the tombstone, delivered after the purge, would bring the value back. A
+//! member that cannot answer is passed over, because the hints it holds are dropped unsent once past
+//! the hint TTL, which is shorter than the grace (see `docs/security-peers.md`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -236,6 +240,13 @@ impl AntiEntropy {
         if expired.is_empty() {
             return Ok(());
         }
+        if self.hints_pending_anywhere(partition).await {
+            tracing::debug!(
+                partition,
+                "tombstone purge postponed: a hint for the partition is pending"
+            );
+            return Ok(());
+        }
         let me = self.membership.node_id().to_string();
         let view = self.membership.view();
         for peer in view.ring.preference_list(partition).filter(|o| *o != me) {
@@ -251,6 +262,31 @@ impl AntiEntropy {
         let purged = self.replica.purge_tombstones(partition, expired).await?;
         self.metrics.tombstones_purged.inc_by(purged);
         Ok(())
+    }
+
+    /// Whether this node or any other member that answers holds a hint for `partition`. An answer
+    /// other than a count (a refusal, an older node) counts as pending.
+    async fn hints_pending_anywhere(&self, partition: u16) -> bool {
+        if self.replica.storage().hints_pending_in(partition) > 0 {
+            return true;
+        }
+        let view = self.membership.view();
+        let me = self.membership.node_id();
+        for member in view.all_members().into_iter().filter(|m| m.id != me) {
+            let body = RequestBody::HintsPending { partition };
+            match self.rpc.call(&member.id, body, EXCHANGE_TIMEOUT).await {
+                Ok(ResponseBody::HintsPending(0)) => {}
+                Ok(ResponseBody::HintsPending(_)) => return true,
+                Ok(other) => {
+                    tracing::debug!(peer = %member.id, error = %other.unexpected(), "no hint count");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %member.id, error = %e, "hint count not asked: unreachable")
+                }
+            }
+        }
+        false
     }
 
     fn failed(&self, e: Error) -> Error {

@@ -125,6 +125,25 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_TOMBSTONE_GRACE", default_value = "1h")]
     pub tombstone_grace: Duration,
 
+    /// A hint not delivered within this long is dropped (anti-entropy repairs what it carried).
+    /// Must be shorter than --tombstone-grace; the default is half of it.
+    #[arg(long, env = "KVNODE_HINT_TTL")]
+    pub hint_ttl: Option<Duration>,
+
+    /// Most hints held for one target; past it hints for that target are refused, and the write
+    /// counts one replica less.
+    #[arg(long, env = "KVNODE_MAX_HINTS_PER_TARGET", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_hints_per_target: u64,
+
+    /// Most bytes of hints held for one target; past it hints for that target are refused.
+    #[arg(
+        long,
+        env = "KVNODE_MAX_HINT_BYTES_PER_TARGET",
+        default_value = "256MiB"
+    )]
+    pub max_hint_bytes_per_target: ByteSize,
+
     /// TOML file with defaults for any of the flags above.
     #[arg(long, env = "KVNODE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -157,8 +176,25 @@ impl NodeConfig {
     }
 
     fn validate(&self) -> Result<(), clap::Error> {
-        crate::ring::validate_partitions(self.partitions)
-            .map_err(|m| clap::Error::raw(clap::error::ErrorKind::ValueValidation, m + "\n"))
+        let invalid =
+            |m: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, m + "\n");
+        crate::ring::validate_partitions(self.partitions).map_err(invalid)?;
+        let ttl = self.hint_ttl();
+        if ttl.is_zero() || ttl >= *self.tombstone_grace {
+            return Err(invalid(format!(
+                "--hint-ttl ({}) must be above zero and shorter than --tombstone-grace ({}): a hint \
+                 delivered after a tombstone it predates was purged would bring the deleted value back",
+                humantime::format_duration(ttl),
+                self.tombstone_grace
+            )));
+        }
+        Ok(())
+    }
+
+    /// The hint TTL: `--hint-ttl`, or half the tombstone grace.
+    pub fn hint_ttl(&self) -> std::time::Duration {
+        self.hint_ttl
+            .map_or_else(|| *self.tombstone_grace / 2, |ttl| *ttl)
     }
 }
 
@@ -249,6 +285,23 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/from-file"));
         assert_eq!(c.max_siblings, 9);
         assert_eq!(c.cache_size.as_u64(), 1024 * 1024);
+    }
+
+    #[test]
+    fn the_hint_ttl_defaults_to_half_the_grace_and_must_stay_below_it() {
+        let c = parse(&["kvnode", "--data-dir", "d"]).unwrap();
+        assert_eq!(c.hint_ttl(), std::time::Duration::from_secs(1800));
+        assert_eq!(c.max_hints_per_target, 100_000);
+        assert_eq!(c.max_hint_bytes_per_target.as_u64(), 256 * 1024 * 1024);
+        let c = parse(&["kvnode", "--data-dir", "d", "--tombstone-grace", "1s"]).unwrap();
+        assert_eq!(c.hint_ttl(), std::time::Duration::from_millis(500));
+        let equal = parse(&["kvnode", "--data-dir", "d", "--hint-ttl", "1h"]).unwrap_err();
+        assert!(
+            equal.to_string().contains("shorter than --tombstone-grace"),
+            "{equal}"
+        );
+        assert!(parse(&["kvnode", "--data-dir", "d", "--hint-ttl", "0s"]).is_err());
+        assert!(parse(&["kvnode", "--data-dir", "d", "--max-hints-per-target", "0"]).is_err());
     }
 
     #[test]

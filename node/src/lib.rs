@@ -102,6 +102,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         replica.clone(),
         rpc.clone(),
         metrics.clone(),
+        handoff::Settings {
+            ttl: config.hint_ttl(),
+            caps: storage::hints::HintCaps {
+                max_count: config.max_hints_per_target,
+                max_bytes: config.max_hint_bytes_per_target.as_u64(),
+            },
+        },
     );
     let antientropy = AntiEntropy::new(
         membership.clone(),

@@ -20,6 +20,17 @@ use crate::ring::{DEFAULT_VNODES, Ring};
 /// File in the data directory holding the config the node follows.
 pub const CONFIG_FILE: &str = "cluster.json";
 
+/// Most a config's epoch may jump past the epoch in force, whether offered by a peer or an operator.
+/// Every change moves the epoch by one (a membership change by two), so a real cluster never comes
+/// near it, while a buggy or hostile peer announcing `u64::MAX` is refused instead of freezing
+/// membership. A node that missed more changes than this restarts with the current config file.
+pub const MAX_EPOCH_JUMP: u64 = 1000;
+
+/// Whether `epoch` is within [`MAX_EPOCH_JUMP`] of `current`.
+pub fn epoch_within_reach(current: u64, epoch: u64) -> bool {
+    epoch <= current.saturating_add(MAX_EPOCH_JUMP)
+}
+
 /// First retry delay after a failed exchange with a peer; doubles per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between attempts to reach a dead peer.
@@ -37,7 +48,8 @@ pub struct View {
 }
 
 impl View {
-    fn new(config: ClusterConfig) -> Self {
+    /// The view of `config`: its ring, and the ring being left while in transition.
+    pub fn new(config: ClusterConfig) -> Self {
         let ring = ring_of(&config.members, &config, config.n);
         let prior = config
             .transition_from
@@ -197,13 +209,21 @@ impl Membership {
     }
 
     /// Replaces the config with `next` when it is valid, of the same cluster and partition count, and
-    /// newer. Returns `Ok(false)` (and changes nothing) when `next` is not newer.
+    /// newer, but not more than [`MAX_EPOCH_JUMP`] newer (a node at epoch 0, never configured, takes
+    /// any epoch). Returns `Ok(false)` (and changes nothing) when `next` is not newer.
     pub fn install(&self, next: ClusterConfig) -> Result<bool, Error> {
         next.validate().map_err(Error::BadConfig)?;
         let _installing = self.installing.lock();
         let current = self.view();
         if next.epoch <= current.config.epoch {
             return Ok(false);
+        }
+        if current.config.epoch > 0 && !epoch_within_reach(current.config.epoch, next.epoch) {
+            return Err(Error::BadConfig(format!(
+                "epoch {} jumps more than {MAX_EPOCH_JUMP} past the current epoch {}; \
+                 offer the next epoch instead",
+                next.epoch, current.config.epoch
+            )));
         }
         check_compatible(&current.config, &next)?;
         let next_view = View::new(next.clone());
@@ -270,14 +290,19 @@ impl Membership {
         self.install(next)
     }
 
-    /// Records a successful exchange with `peer`, which answered at `epoch`.
+    /// Records a successful exchange with `peer`, which answered at `epoch`. An epoch beyond
+    /// [`MAX_EPOCH_JUMP`] past ours is not believed: it would tell transfers that the peer left an
+    /// epoch it never left.
     pub fn record_success(&self, peer: &str, epoch: u64) {
+        let believable = epoch_within_reach(self.view().config.epoch, epoch);
         let mut liveness = self.liveness.lock();
         let entry = liveness.entry(peer.to_string()).or_default();
         entry.last_success = Some(Instant::now());
         entry.failures = 0;
         entry.retry_at = None;
-        entry.epoch = entry.epoch.max(epoch);
+        if believable {
+            entry.epoch = entry.epoch.max(epoch);
+        }
     }
 
     /// The highest epoch `peer` has announced (0 when never heard from).
@@ -461,6 +486,28 @@ mod tests {
         let m = Membership::load("kv-0", "x", &dir.path().join("d"), Some(&file), 256).unwrap();
         assert_eq!(m.view().config.epoch, 4);
         assert_eq!(m.view().config.members.len(), 5);
+    }
+
+    #[test]
+    fn epochs_may_not_jump_past_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("given.json");
+        std::fs::write(&file, serde_json::to_vec(&config(3, 3)).unwrap()).unwrap();
+        let m = Membership::load("kv-0", "x", &dir.path().join("d"), Some(&file), 256).unwrap();
+        let refused = m.install(config(3 + MAX_EPOCH_JUMP + 1, 3)).unwrap_err();
+        assert!(matches!(refused, Error::BadConfig(_)), "{refused}");
+        assert!(m.install(config(u64::MAX, 3)).is_err());
+        assert_eq!(m.view().config.epoch, 3);
+        assert!(m.install(config(3 + MAX_EPOCH_JUMP, 3)).unwrap());
+        m.record_success("kv-1", u64::MAX);
+        assert_eq!(
+            m.peer_epoch("kv-1"),
+            0,
+            "an unbelievable epoch is not recorded"
+        );
+        // A node that was never configured joins a cluster at whatever epoch it is.
+        let fresh = Membership::load("kv-0", "x", &dir.path().join("e"), None, 256).unwrap();
+        assert!(fresh.install(config(1_000_000, 3)).unwrap());
     }
 
     #[test]

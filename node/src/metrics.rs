@@ -52,6 +52,14 @@ pub struct Metrics {
     pub transfer_partitions_pending: IntGauge,
     /// Tombstones purged after every owner held them for the grace period.
     pub tombstones_purged: IntCounter,
+    /// Hints refused because their target reached a cap, by `cap` (count, bytes).
+    pub hints_refused: IntCounterVec,
+    /// Hints dropped unsent after `--hint-ttl`.
+    pub hints_expired: IntCounter,
+    /// Stored hints that did not decode and were dropped.
+    pub hints_corrupt: IntCounter,
+    /// Peer messages refused by validation, by `reason`.
+    pub peer_messages_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -159,6 +167,28 @@ impl Metrics {
                     "kv_tombstones_purged_total",
                     "Tombstones purged after every owner held them for the grace period.",
                 )?,
+                hints_refused: IntCounterVec::new(
+                    Opts::new(
+                        "kv_hints_refused_total",
+                        "Hints refused because their target reached a cap, by cap.",
+                    ),
+                    &["cap"],
+                )?,
+                hints_expired: IntCounter::new(
+                    "kv_hints_expired_total",
+                    "Hints dropped unsent after the hint TTL.",
+                )?,
+                hints_corrupt: IntCounter::new(
+                    "kv_hints_corrupt_total",
+                    "Stored hints that did not decode and were dropped.",
+                )?,
+                peer_messages_refused: IntCounterVec::new(
+                    Opts::new(
+                        "kv_peer_messages_refused_total",
+                        "Peer messages refused by validation, by reason.",
+                    ),
+                    &["reason"],
+                )?,
                 registry,
             };
             let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -184,6 +214,10 @@ impl Metrics {
                 Box::new(m.transfer_bytes_received.clone()),
                 Box::new(m.transfer_partitions_pending.clone()),
                 Box::new(m.tombstones_purged.clone()),
+                Box::new(m.hints_refused.clone()),
+                Box::new(m.hints_expired.clone()),
+                Box::new(m.hints_corrupt.clone()),
+                Box::new(m.peer_messages_refused.clone()),
             ];
             for collector in collectors {
                 m.registry.register(collector)?;
@@ -250,6 +284,8 @@ mod tests {
             "kv_antientropy_last_sweep_timestamp_seconds",
             "kv_transfer_partitions_pending",
             "kv_tombstones_purged_total",
+            "kv_hints_expired_total",
+            "kv_hints_corrupt_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

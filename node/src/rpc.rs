@@ -126,6 +126,12 @@ pub enum RequestBody {
     },
     /// Tell me whether you have received every partition you gain in the change to your epoch.
     TransferProgress,
+    /// Tell me how many hints you hold for keys of `partition`, whatever their target (asked
+    /// before purging the partition's tombstones).
+    HintsPending {
+        /// The partition.
+        partition: u16,
+    },
 }
 
 /// The answer to an [`RpcRequest`].
@@ -174,6 +180,9 @@ pub enum ResponseBody {
         #[serde(with = "as_json")]
         error: ErrorBody,
     },
+    /// Answer to `HintsPending`: how many hints the receiver holds for the partition. (New variants
+    /// go last: postcard numbers variants by position.)
+    HintsPending(u64),
 }
 
 /// Carries a type of the public JSON contract (`kvapi`) inside a postcard message as its JSON text:

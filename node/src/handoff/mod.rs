@@ -8,6 +8,11 @@
 //! of W needs W distinct nodes holding the data. Hints live in their own column family
 //! (`storage::hints`), survive restarts, and are deleted only after the target (or, when the target
 //! no longer owns the partition, the current owners) acknowledged them.
+//!
+//! Hints are bounded: a holder refuses a hint past its per-target caps (count and bytes), and such a
+//! refused hint counts for nobody, so the write reaches its quorum only with other copies. A hint not
+//! delivered within its TTL is dropped (anti-entropy repairs what it carried); the TTL is shorter than
+//! the tombstone grace, so no hint older than a purgeable tombstone is ever delivered.
 
 pub mod transfer;
 
@@ -25,7 +30,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::rpc::{RequestBody, ResponseBody, RpcClient, remaining};
-use crate::storage::hints::Hint;
+use crate::storage::hints::{HeldHint, Hint, HintCaps, now_micros};
 
 /// Pause between delivery rounds when there is nothing to do or targets are unreachable.
 const DELIVERY_INTERVAL: Duration = Duration::from_millis(250);
@@ -35,6 +40,17 @@ const DELIVERY_BATCH: usize = 256;
 const DELIVERY_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Time allowed for one delivery message.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Expired hints dropped per target per round, at most.
+const EXPIRY_BATCH: usize = 4096;
+
+/// Bounds on the hints this node holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// A hint not delivered within this long is dropped.
+    pub ttl: Duration,
+    /// Per-target caps.
+    pub caps: HintCaps,
+}
 
 /// Hinted handoff: storing hints for unreachable replicas and delivering them.
 pub struct Handoff {
@@ -42,6 +58,7 @@ pub struct Handoff {
     replica: Arc<Replica>,
     rpc: Arc<RpcClient>,
     metrics: Arc<Metrics>,
+    settings: Settings,
     draining: AtomicBool,
     wake: Notify,
 }
@@ -53,12 +70,14 @@ impl Handoff {
         replica: Arc<Replica>,
         rpc: Arc<RpcClient>,
         metrics: Arc<Metrics>,
+        settings: Settings,
     ) -> Arc<Self> {
         Arc::new(Handoff {
             membership,
             replica,
             rpc,
             metrics,
+            settings,
             draining: AtomicBool::new(false),
             wake: Notify::new(),
         })
@@ -113,10 +132,12 @@ impl Handoff {
         false
     }
 
-    /// Stores a hint for `target` here (a peer's `StoreHint`, or our own when no fallback took it).
+    /// Stores a hint for `target` here (a peer's `StoreHint`, or our own when no fallback took it),
+    /// unless the target's caps are reached.
     pub async fn store(&self, target: String, hint: Hint) -> Result<(), Error> {
+        let caps = self.settings.caps;
         self.replica
-            .with_storage(move |s| s.store_hint(&target, &hint))
+            .with_storage(move |s| s.store_hint(&target, &hint, caps))
             .await?;
         self.metrics.hints_stored.inc();
         Ok(())
@@ -158,10 +179,14 @@ impl Handoff {
         }
     }
 
-    /// One round over every target; returns how many hints were delivered.
+    /// One round over every target: drops its expired hints, then delivers a batch when the target
+    /// can be reached. Returns how many hints were delivered.
     async fn deliver_round(&self) -> u64 {
         let mut delivered = 0;
         for (target, _) in self.replica.storage().hint_backlog() {
+            if let Err(e) = self.drop_expired(&target).await {
+                tracing::warn!(%target, error = %e, "cannot drop expired hints");
+            }
             if !self.draining() && !self.membership.may_contact(&target) {
                 continue;
             }
@@ -173,6 +198,21 @@ impl Handoff {
         delivered
     }
 
+    /// Drops `target`'s hints older than the TTL.
+    async fn drop_expired(&self, target: &str) -> Result<(), Error> {
+        let ttl = u64::try_from(self.settings.ttl.as_micros()).unwrap_or(u64::MAX);
+        let stored_before = now_micros().saturating_sub(ttl);
+        let owned_target = target.to_string();
+        let dropped = self
+            .replica
+            .with_storage(move |s| s.drop_expired_hints(&owned_target, stored_before, EXPIRY_BATCH))
+            .await?;
+        if dropped > 0 {
+            tracing::info!(%target, dropped, "dropped hints past their TTL; anti-entropy repairs instead");
+        }
+        Ok(())
+    }
+
     /// Delivers one batch of `target`'s hints; hints of partitions it no longer owns go to their
     /// current owners instead. Deletes exactly the hints that were acknowledged.
     async fn deliver_batch(&self, target: &str) -> Result<u64, Error> {
@@ -182,24 +222,24 @@ impl Handoff {
             .with_storage(move |s| s.hints_for(&owned_target, DELIVERY_BATCH, DELIVERY_BATCH_BYTES))
             .await?;
         let view = self.membership.view();
-        let (direct, rerouted): (Vec<_>, Vec<_>) = batch
+        let (direct, rerouted): (Vec<HeldHint>, Vec<HeldHint>) = batch
             .into_iter()
-            .partition(|(_, h)| view.is_owner(target, h.partition));
+            .partition(|held| view.is_owner(target, held.hint.partition));
         let mut acknowledged = Vec::new();
         if !direct.is_empty() {
-            let hints = direct.iter().map(|(_, h)| h.clone()).collect();
+            let hints = direct.iter().map(|held| held.hint.clone()).collect();
             match self
                 .rpc
                 .call(target, RequestBody::DeliverHints(hints), DELIVERY_TIMEOUT)
                 .await?
             {
-                ResponseBody::Merged => acknowledged.extend(direct.into_iter().map(|(k, _)| k)),
+                ResponseBody::Merged => acknowledged.extend(direct),
                 other => return Err(other.unexpected()),
             }
         }
-        for (storage_key, hint) in rerouted {
-            if self.reroute(&hint).await {
-                acknowledged.push(storage_key);
+        for held in rerouted {
+            if self.reroute(&held.hint).await {
+                acknowledged.push(held);
             }
         }
         let count = acknowledged.len() as u64;

@@ -293,16 +293,18 @@ impl Transfers {
                 other => return Err(other.unexpected()),
             }
         }
+        let next = epoch.checked_add(1).ok_or_else(|| {
+            Error::BadConfig(format!(
+                "epoch {epoch} is the last one: the ring cannot settle"
+            ))
+        })?;
         let settled = ClusterConfig {
-            epoch: epoch + 1,
+            epoch: next,
             transition_from: None,
             ..view.config.clone()
         };
         if self.membership.install(settled)? {
-            tracing::info!(
-                epoch = epoch + 1,
-                "membership change complete: ring settled"
-            );
+            tracing::info!(epoch = next, "membership change complete: ring settled");
         }
         Ok(())
     }

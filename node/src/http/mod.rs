@@ -11,6 +11,7 @@
 mod admin;
 mod kv;
 mod peer;
+mod peer_checks;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
+use kvapi::{ErrorBody, codes};
 
+use super::peer_checks::{self, Refusal};
 use super::{MAX_TIMEOUT_MS, Node, error_parts, error_response, read_value};
 use crate::antientropy::PAGE_BYTES;
 use crate::causality::SiblingSet;
@@ -30,6 +32,18 @@ pub(super) async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) ->
                 "message from cluster {:?}, this node belongs to {:?}",
                 message.cluster, view.config.cluster
             )));
+        }
+        // Checked before anything believes the message, its epoch included.
+        if let Err(refusal) = peer_checks::check(
+            node.membership.node_id(),
+            &view,
+            &message,
+            node.max_value_bytes,
+        ) {
+            return Ok(rpc::encode(&RpcResponse {
+                epoch: view.config.epoch,
+                body: refused(&node, &message, refusal),
+            }));
         }
         if view.config.any_member(&message.sender).is_some() {
             // A message from a peer proves it is up: end its backoff now rather than at the next ping.
@@ -123,6 +137,9 @@ async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
             let (epoch, done) = node.transfers.progress();
             Ok(ResponseBody::Progress { epoch, done })
         }
+        RequestBody::HintsPending { partition } => Ok(ResponseBody::HintsPending(
+            node.replica.storage().hints_pending_in(partition),
+        )),
         RequestBody::Coordinate {
             key,
             context,
@@ -145,6 +162,30 @@ async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
             error,
         }
     })
+}
+
+/// Counts and logs a refused message; the answer is a 400 `bad_rpc` the sender can read.
+fn refused(node: &Node, message: &RpcRequest, refusal: Refusal) -> ResponseBody {
+    node.metrics
+        .peer_messages_refused
+        .with_label_values(&[refusal.reason])
+        .inc();
+    tracing::warn!(
+        sender = %message.sender.chars().take(80).collect::<String>(),
+        reason = refusal.reason,
+        message = %refusal.message,
+        "refused a peer message"
+    );
+    ResponseBody::Failed {
+        status: 400,
+        error: ErrorBody {
+            error: codes::BAD_RPC.to_string(),
+            message: format!("peer message refused: {}", refusal.message),
+            context: None,
+            replied: None,
+            required: None,
+        },
+    }
 }
 
 /// Refuses replica writes for a partition this node does not hold at its epoch: the sender follows
