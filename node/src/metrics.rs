@@ -50,6 +50,10 @@ pub struct Metrics {
     pub transfer_partitions_pending: IntGauge,
     /// Tombstones purged after every owner held them for the grace period.
     pub tombstones_purged: IntCounter,
+    /// Requests refused by a transport limit, by `reason` (in_flight, body_timeout).
+    pub requests_rejected: IntCounterVec,
+    /// Failed syncs of the write-ahead log; after one the node refuses writes until restarted.
+    pub wal_sync_failures: IntCounter,
 }
 
 impl Metrics {
@@ -153,9 +157,20 @@ impl Metrics {
                     "kv_tombstones_purged_total",
                     "Tombstones purged after every owner held them for the grace period.",
                 )?,
+                requests_rejected: IntCounterVec::new(
+                    Opts::new(
+                        "kv_requests_rejected_total",
+                        "Requests refused by a transport limit, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+                wal_sync_failures: IntCounter::new(
+                    "kv_wal_sync_failures_total",
+                    "Failed syncs of the write-ahead log (the node then refuses writes).",
+                )?,
                 registry,
             };
-            let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+            let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
                 Box::new(m.requests.clone()),
                 Box::new(m.request_duration.clone()),
                 Box::new(m.cache_hits.clone()),
@@ -177,6 +192,8 @@ impl Metrics {
                 Box::new(m.transfer_bytes_received.clone()),
                 Box::new(m.transfer_partitions_pending.clone()),
                 Box::new(m.tombstones_purged.clone()),
+                Box::new(m.requests_rejected.clone()),
+                Box::new(m.wal_sync_failures.clone()),
             ];
             for collector in collectors {
                 m.registry.register(collector)?;
@@ -225,6 +242,10 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe_request("put", 204, 0.001);
         metrics.read_siblings.observe(2.0);
+        metrics
+            .requests_rejected
+            .with_label_values(&["in_flight"])
+            .inc();
         let text = metrics.render();
         for name in [
             "kv_requests_total{operation=\"put\",status=\"204\"} 1",
@@ -242,6 +263,8 @@ mod tests {
             "kv_antientropy_last_sweep_timestamp_seconds",
             "kv_transfer_partitions_pending",
             "kv_tombstones_purged_total",
+            "kv_requests_rejected_total{reason=\"in_flight\"} 1",
+            "kv_wal_sync_failures_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

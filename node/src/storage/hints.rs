@@ -20,6 +20,8 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 
 const HINT_FORMAT_VERSION: u8 = 1;
+/// Bytes of a stored hint beside its key and record: format byte, partition and key length.
+const HINT_HEADER_BYTES: usize = 8;
 
 /// One key's state, to be merged into the replica the hint names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,15 +77,22 @@ impl HintLedger {
 impl Storage {
     /// Stores a hint for `target` (synced when durability is `fsync`).
     pub fn store_hint(&self, target: &str, hint: &Hint) -> Result<(), Error> {
-        let sequence = self.hints.next_sequence.fetch_add(1, Ordering::Relaxed);
+        self.wal.check()?;
         let mut value = vec![HINT_FORMAT_VERSION];
         value.extend(postcard::to_allocvec(hint).map_err(|e| Error::Internal(e.to_string()))?);
-        self.db.put_cf_opt(
+        // A hint holds one record: the cap of records, plus its key and partition.
+        self.check_record_size(
+            value
+                .len()
+                .saturating_sub(hint.key.len() + HINT_HEADER_BYTES),
+        )?;
+        let sequence = self.hints.next_sequence.fetch_add(1, Ordering::Relaxed);
+        self.wal.watch(self.db.put_cf_opt(
             self.cf(HINTS_CF)?,
             hint_key(target, sequence),
             value,
             &self.write_options,
-        )?;
+        ))?;
         *self
             .hints
             .pending
@@ -142,7 +151,9 @@ impl Storage {
         for key in keys {
             batch.delete_cf(cf, key);
         }
-        self.db.write_opt(batch, &self.write_options)?;
+        self.wal.check()?;
+        self.wal
+            .watch(self.db.write_opt(batch, &self.write_options))?;
         let mut pending = self.hints.pending.lock();
         if let Some(n) = pending.get_mut(target) {
             *n = n.saturating_sub(keys.len() as u64);
