@@ -160,14 +160,14 @@ struct Call {
 }
 
 /// Parses `strace -f -ttt -y` output lines such as
-/// `1234 1700000000.123456 fdatasync(13</tmp/x/db/000004.log>) = 0` (and `<unfinished ...>` halves).
+/// `1234  1700000000.123456 fdatasync(13</tmp/x/db/000004.log>) = 0` (and `<unfinished ...>` halves).
 fn parse_trace(text: &str) -> Vec<Call> {
     text.lines()
         .filter_map(|line| {
-            let mut fields = line.splitn(3, ' ');
-            let _pid = fields.next()?;
-            let at: f64 = fields.next()?.parse().ok()?;
-            let rest = fields.next()?;
+            // strace pads the pid column: split on runs of spaces.
+            let (_pid, rest) = line.trim_start().split_once(' ')?;
+            let (at, rest) = rest.trim_start().split_once(' ')?;
+            let at: f64 = at.parse().ok()?;
             if rest.starts_with('<') || rest.starts_with("---") || rest.starts_with("+++") {
                 return None; // a resumed call or a signal: its start line was already counted
             }

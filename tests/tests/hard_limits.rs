@@ -156,7 +156,8 @@ async fn one_byte_a_second_is_cut_off_on_every_route() {
     };
     let (body_outcomes, header_outcome) = tokio::join!(futures_join_all(bodies), headers);
     for (what, outcome, after) in body_outcomes.into_iter().chain([header_outcome]) {
-        println!("{what} trickled at 1 byte/s: {outcome:?} after {after:?}");
+        let shown = outcome.as_ref().map(|r| r.status);
+        println!("{what} trickled at 1 byte/s: {shown:?} after {after:?}");
         match outcome {
             Ok(resp) if resp.status == 408 && what.contains("headers") => {}
             Ok(resp) if resp.status == 408 => {
@@ -302,20 +303,31 @@ async fn a_client_that_never_reads_is_cut_off_at_the_write_timeout() {
     node.client().get_one(b"big").await;
 }
 
-/// Raises this process's open-file limit (the node inherits it) to `wanted`, when allowed.
-fn raise_open_file_limit(wanted: u64) -> bool {
-    let pid = std::process::id().to_string();
-    let limit = format!("--nofile={wanted}:{wanted}");
-    let _ = std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &limit])
-        .status();
+/// This process's soft and hard open-file limits.
+fn open_file_limits() -> (u64, u64) {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    limits
+    let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|soft| soft.parse::<u64>().ok())
-        .is_some_and(|soft| soft >= wanted)
+        .unwrap_or_default();
+    let mut numbers = line
+        .split_whitespace()
+        .skip(3)
+        .map(|n| n.parse().unwrap_or(0));
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+}
+
+/// Raises this process's soft open-file limit (the node inherits it) to `wanted` when the hard
+/// limit allows; true when the soft limit is then at least `wanted`.
+fn raise_open_file_limit(wanted: u64) -> bool {
+    let (soft, hard) = open_file_limits();
+    if soft < wanted && hard >= wanted {
+        let _ = std::process::Command::new("prlimit")
+            .args(["--pid", &std::process::id().to_string()])
+            .arg(format!("--nofile={wanted}:{hard}"))
+            .status();
+    }
+    open_file_limits().0 >= wanted
 }
 
 /// Latencies of `count` requests, each on a new connection: connect, GET, read the answer.
@@ -345,10 +357,14 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_held_connections_do_not_slow_other_clients() {
     const HELD: usize = 10_000;
-    if !raise_open_file_limit(3 * HELD as u64) {
+    // The test holds 10,000 sockets and so does the node, which inherits the limit.
+    if !raise_open_file_limit(HELD as u64 + 2048) {
         skip_or_fail(
             "ten_thousand_held_connections_do_not_slow_other_clients",
-            "cannot raise RLIMIT_NOFILE to 30000 (needs root or a higher hard limit)",
+            &format!(
+                "RLIMIT_NOFILE (soft, hard) is {:?}; 12048 are needed",
+                open_file_limits()
+            ),
         );
         return;
     }
