@@ -69,6 +69,10 @@ pub mod codes {
     pub const QUORUM_NOT_REACHED: &str = "quorum_not_reached";
     /// The request deadline passed.
     pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+    /// The request body did not arrive within the body read timeout.
+    pub const BODY_TIMEOUT: &str = "body_timeout";
+    /// The key's stored record would exceed the per-record byte cap.
+    pub const RECORD_TOO_LARGE: &str = "record_too_large";
     /// Stored data could not be decoded.
     pub const CORRUPT_RECORD: &str = "corrupt_record";
     /// The node is not ready or is shutting down.

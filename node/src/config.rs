@@ -11,6 +11,9 @@ use humantime::Duration;
 
 use crate::storage::Durability;
 
+/// Default of `--max-siblings`.
+pub const DEFAULT_MAX_SIBLINGS: u16 = 64;
+
 /// kvnode: a kvcluster storage node.
 ///
 /// Every flag has an environment variable twin (KVNODE_<FLAG>, e.g. KVNODE_LISTEN) and a key in the
@@ -76,7 +79,7 @@ pub struct NodeConfig {
     pub max_value_bytes: ByteSize,
 
     /// Most siblings a key may hold; a write past it is refused with 409 and the current context.
-    #[arg(long, env = "KVNODE_MAX_SIBLINGS", default_value_t = 64,
+    #[arg(long, env = "KVNODE_MAX_SIBLINGS", default_value_t = DEFAULT_MAX_SIBLINGS,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub max_siblings: u16,
 
@@ -102,10 +105,31 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_MAX_HEADER_BYTES", default_value = "16KiB")]
     pub max_header_bytes: ByteSize,
 
-    /// Most client connections served at once; more wait in the listen backlog.
-    #[arg(long, env = "KVNODE_MAX_CONNECTIONS", default_value_t = 1024,
+    /// Most client connections served at once; more wait in the listen backlog. Idle connections
+    /// cost little, so the default is high; it is lowered at start to fit the open-file limit.
+    #[arg(long, env = "KVNODE_MAX_CONNECTIONS", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Most requests handled at once (client, admin and peer routes; not /health). Beyond it a
+    /// request is answered 503 with `Retry-After: 1` at once instead of queueing.
+    #[arg(long, env = "KVNODE_MAX_REQUESTS_IN_FLIGHT", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_in_flight: u32,
+
+    /// Most concurrent HTTP/2 streams (requests) on one connection.
+    #[arg(long, env = "KVNODE_MAX_CONCURRENT_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Time a request body may take to arrive, on every route; past it the node answers 408 and
+    /// closes the connection. Key-value writes also stay within their request deadline.
+    #[arg(long, env = "KVNODE_BODY_READ_TIMEOUT", default_value = "10s")]
+    pub body_read_timeout: Duration,
+
+    /// A connection whose client takes no response bytes for this long is closed.
+    #[arg(long, env = "KVNODE_WRITE_TIMEOUT", default_value = "30s")]
+    pub write_timeout: Duration,
 
     /// On SIGTERM, how long in-flight requests may take to finish before connections are closed.
     #[arg(long, env = "KVNODE_SHUTDOWN_GRACE", default_value = "10s")]
@@ -268,6 +292,9 @@ mod tests {
         assert_eq!(c.max_value_bytes.as_u64(), 1024 * 1024);
         assert_eq!(c.durability, Durability::Periodic);
         assert_eq!(*c.request_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(c.max_requests_in_flight, 4096);
+        assert_eq!(*c.body_read_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(*c.write_timeout, std::time::Duration::from_secs(30));
         assert!(parse(&["kvnode"]).is_err(), "--data-dir is required");
     }
 

@@ -51,6 +51,17 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The body did not arrive within the body read timeout.
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// The key's record would exceed the per-record byte cap (siblings times the value limit).
+    #[error("record of {bytes} bytes exceeds the per-record cap of {limit} bytes")]
+    RecordTooLarge {
+        /// Encoded size of the refused record.
+        bytes: usize,
+        /// The cap in bytes.
+        limit: usize,
+    },
     /// The body could not be read.
     #[error("request body could not be read: {0}")]
     BadBody(String),

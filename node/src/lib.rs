@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod http;
 pub mod membership;
 pub mod metrics;
+pub mod open_files;
 pub mod replica;
 pub mod ring;
 pub mod rpc;
@@ -44,12 +45,17 @@ use crate::storage::{Durability, Storage};
 /// until `shutdown` resolves; then drains connections and syncs the write-ahead log.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
+    let max_value_bytes = usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX);
+    let max_record_bytes =
+        storage::codec::max_record_bytes(usize::from(config.max_siblings), max_value_bytes);
     let storage = Storage::open(
         &config.data_dir,
         config.durability,
         usize::try_from(config.cache_size.as_u64()).unwrap_or(usize::MAX),
         metrics.clone(),
-    )?;
+    )?
+    .with_record_cap(max_record_bytes);
+    let max_peer_message_bytes = rpc::max_message_bytes(max_record_bytes);
     storage.pin_setting("partitions", config.partitions)?;
     let contexts = Arc::new(match &config.context_key_file {
         Some(path) => ContextKeys::from_file(path).map_err(Error::BadConfig)?,
@@ -96,7 +102,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             ))
         })?;
     }
-    let rpc = RpcClient::new(membership.clone(), config.peer_source_address);
+    let rpc = RpcClient::new(
+        membership.clone(),
+        config.peer_source_address,
+        max_peer_message_bytes,
+    );
     let handoff = Handoff::new(
         membership.clone(),
         replica.clone(),
@@ -148,8 +158,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         handoff,
         transfers,
         metrics,
-        max_value_bytes: usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX),
+        max_value_bytes,
         request_timeout: *config.request_timeout,
+        body_read_timeout: *config.body_read_timeout,
+        max_peer_message_bytes,
+        max_requests_in_flight: config.max_requests_in_flight as usize,
         admin_token: config.admin_token.clone(),
         ready: AtomicBool::new(false),
     });
@@ -166,7 +179,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         header_read_timeout: *config.header_read_timeout,
         idle_timeout: *config.idle_timeout,
         max_header_bytes: usize::try_from(config.max_header_bytes.as_u64()).unwrap_or(usize::MAX),
-        max_connections: config.max_connections as usize,
+        max_connections: open_files::fit_connections(config.max_connections as usize),
+        max_concurrent_streams: config.max_concurrent_streams,
+        write_timeout: *config.write_timeout,
         shutdown_grace: *config.shutdown_grace,
     };
     let stopping = node.clone();
@@ -185,13 +200,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     replica.sync_wal().await
 }
 
+/// Syncs the write-ahead log every `interval` until a sync fails; storage then refuses writes and
+/// the node reports itself unready until restarted (a retried sync proves nothing).
 async fn sync_wal_periodically(replica: Arc<Replica>, interval: std::time::Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         if let Err(e) = replica.sync_wal().await {
-            tracing::error!(error = %e, "periodic WAL sync failed");
+            tracing::error!(error = %e, "periodic WAL sync failed; the node refuses writes until restarted");
+            return;
         }
     }
 }

@@ -413,12 +413,16 @@ fn read_config(path: &Path) -> Result<Option<ClusterConfig>, Error> {
     }
 }
 
-/// Writes atomically: a temporary file, fsync, rename, so a crash leaves the old or the new config.
+/// Writes atomically: a temporary file, fsync, rename, fsync of the directory, so a crash or a
+/// power cut leaves the old or the new config (without the last fsync, the rename itself may be
+/// lost while the node already acts on the new config).
 fn write_config(path: &Path, config: &ClusterConfig) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Internal(format!("writing {}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
     let temporary = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(config).map_err(|e| Error::Internal(e.to_string()))?;
     {
@@ -427,7 +431,10 @@ fn write_config(path: &Path, config: &ClusterConfig) -> Result<(), Error> {
         file.write_all(&bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
     }
-    std::fs::rename(&temporary, path).map_err(io)
+    std::fs::rename(&temporary, path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 #[cfg(test)]

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub hints_corrupt: IntCounter,
     /// Peer messages refused by validation, by `reason`.
     pub peer_messages_refused: IntCounterVec,
+    /// Requests refused by a transport limit, by `reason` (in_flight, body_timeout).
+    pub requests_rejected: IntCounterVec,
+    /// Failed syncs of the write-ahead log; after one the node refuses writes until restarted.
+    pub wal_sync_failures: IntCounter,
 }
 
 impl Metrics {
@@ -189,6 +193,17 @@ impl Metrics {
                     ),
                     &["reason"],
                 )?,
+                requests_rejected: IntCounterVec::new(
+                    Opts::new(
+                        "kv_requests_rejected_total",
+                        "Requests refused by a transport limit, by reason.",
+                    ),
+                    &["reason"],
+                )?,
+                wal_sync_failures: IntCounter::new(
+                    "kv_wal_sync_failures_total",
+                    "Failed syncs of the write-ahead log (the node then refuses writes).",
+                )?,
                 registry,
             };
             let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -218,6 +233,8 @@ impl Metrics {
                 Box::new(m.hints_expired.clone()),
                 Box::new(m.hints_corrupt.clone()),
                 Box::new(m.peer_messages_refused.clone()),
+                Box::new(m.requests_rejected.clone()),
+                Box::new(m.wal_sync_failures.clone()),
             ];
             for collector in collectors {
                 m.registry.register(collector)?;
@@ -266,6 +283,10 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe_request("put", 204, 0.001);
         metrics.read_siblings.observe(2.0);
+        metrics
+            .requests_rejected
+            .with_label_values(&["in_flight"])
+            .inc();
         let text = metrics.render();
         for name in [
             "kv_requests_total{operation=\"put\",status=\"204\"} 1",
@@ -286,6 +307,8 @@ mod tests {
             "kv_tombstones_purged_total",
             "kv_hints_expired_total",
             "kv_hints_corrupt_total",
+            "kv_requests_rejected_total{reason=\"in_flight\"} 1",
+            "kv_wal_sync_failures_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

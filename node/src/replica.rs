@@ -340,6 +340,64 @@ mod tests {
         assert_eq!(replica.read(0, key).await.unwrap().siblings().len(), 1);
     }
 
+    #[tokio::test]
+    async fn merges_and_hints_past_the_record_cap_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let cap = crate::storage::codec::max_record_bytes(2, 100);
+        let storage = Storage::open(dir.path(), Durability::Periodic, 1 << 20, metrics.clone())
+            .unwrap()
+            .with_record_cap(cap);
+        let contexts = ContextKeys::new(&[&[7; 32]], KeySource::Local).unwrap();
+        let replica = Arc::new(Replica::new(
+            storage,
+            "kv-0",
+            2,
+            Arc::new(contexts),
+            metrics,
+        ));
+        let key: Arc<[u8]> = Arc::from(&b"k"[..]);
+        let mut remote = SiblingSet::default();
+        let peer = Actor::new("kv-1", 1);
+        remote
+            .update(&VersionVector::default(), &peer, Some(vec![1; cap]), 0)
+            .unwrap();
+        let refused = replica.merge(0, key.clone(), remote.clone()).await;
+        assert!(
+            matches!(refused, Err(Error::RecordTooLarge { .. })),
+            "{refused:?}"
+        );
+        let refused = replica
+            .merge_many(0, vec![(key.to_vec(), remote.clone())])
+            .await;
+        assert!(
+            matches!(refused, Err(Error::RecordTooLarge { .. })),
+            "{refused:?}"
+        );
+        let hint = crate::storage::hints::Hint {
+            partition: 0,
+            key: key.to_vec(),
+            set: remote,
+        };
+        let uncapped = crate::storage::hints::HintCaps {
+            max_count: u64::MAX,
+            max_bytes: u64::MAX,
+        };
+        let refused = replica.storage().store_hint("kv-2", &hint, uncapped);
+        assert!(
+            matches!(refused, Err(Error::RecordTooLarge { .. })),
+            "{refused:?}"
+        );
+        assert!(replica.read(0, key.clone()).await.unwrap().is_empty());
+        assert_eq!(replica.storage().hints_pending(), 0);
+        // Within the cap, the same paths store.
+        let mut small = SiblingSet::default();
+        small
+            .update(&VersionVector::default(), &peer, Some(vec![1; 100]), 0)
+            .unwrap();
+        replica.merge(0, key.clone(), small).await.unwrap();
+    }
+
     async fn futures_join<T>(
         handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
     ) -> Vec<Result<T, tokio::task::JoinError>> {

@@ -29,8 +29,22 @@ use crate::storage::hints::Hint;
 pub const RPC_PATH: &str = "/internal/v1/rpc";
 /// Current message format version.
 pub const RPC_VERSION: u8 = 1;
-/// Largest RPC message accepted, in bytes: a sibling set at the cap of 1 MiB values fits.
-pub const MAX_RPC_BYTES: usize = 128 * 1024 * 1024;
+/// Most record bytes (keys included) one batch message carries before its last record: a
+/// `FetchSegments` answer (a peer's budget is honoured up to this), a `MergeBatch` page or a
+/// `DeliverHints` batch. The last record may overrun it.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Room for a message's envelope: cluster name, sender, epoch, framing and postcard lengths.
+const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// Largest peer message (request or answer), in bytes, when one record may take
+/// `max_record_bytes` encoded: a full batch, plus its last record and that record's key, plus the
+/// envelope. Every other message (one record, one value, a summary) is smaller.
+pub fn max_message_bytes(max_record_bytes: usize) -> usize {
+    MAX_BATCH_BYTES
+        .saturating_add(max_record_bytes)
+        .saturating_add(kvapi::MAX_KEY_BYTES)
+        .saturating_add(ENVELOPE_BYTES)
+}
 /// Interval of liveness pings (which also carry epochs).
 pub const PING_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -262,6 +276,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
 /// connection works at once. A call given less time says nothing about the connection.
 pub struct RpcClient {
     connector: HttpConnector,
+    max_message_bytes: usize,
     pools: Mutex<HashMap<String, PeerPool>>,
     generation: AtomicU64,
     membership: Arc<Membership>,
@@ -281,14 +296,20 @@ struct PeerPool {
 }
 
 impl RpcClient {
-    /// A client for the peers of `membership`, connecting from `source` when given.
-    pub fn new(membership: Arc<Membership>, source: Option<IpAddr>) -> Arc<Self> {
+    /// A client for the peers of `membership`, connecting from `source` when given, that refuses
+    /// answers larger than `max_message_bytes`.
+    pub fn new(
+        membership: Arc<Membership>,
+        source: Option<IpAddr>,
+        max_message_bytes: usize,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_local_address(source);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
         Arc::new(RpcClient {
             connector,
+            max_message_bytes,
             pools: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             membership,
@@ -365,7 +386,7 @@ impl RpcClient {
         let pool = self.pool(&address);
         let started = Instant::now();
         let outcome =
-            tokio::time::timeout(timeout, Self::send(&pool.client, &address, &request)).await;
+            tokio::time::timeout(timeout, self.send(&pool.client, &address, &request)).await;
         let response = match outcome {
             Ok(Ok(response)) => {
                 *pool.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -435,6 +456,7 @@ impl RpcClient {
     }
 
     async fn send(
+        &self,
         pool: &Client<HttpConnector, Full<Bytes>>,
         address: &str,
         request: &RpcRequest,
@@ -449,7 +471,7 @@ impl RpcClient {
             .await
             .map_err(|e| Error::PeerUnavailable(format!("{address}: {e}")))?;
         let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_RPC_BYTES)
+        let bytes = Limited::new(response.into_body(), self.max_message_bytes)
             .collect()
             .await
             .map_err(|e| Error::PeerUnavailable(format!("{address}: {e}")))?

@@ -37,7 +37,7 @@ const DELIVERY_INTERVAL: Duration = Duration::from_millis(250);
 /// Hints sent in one delivery message, at most.
 const DELIVERY_BATCH: usize = 256;
 /// Bytes of hints sent in one delivery message, about.
-const DELIVERY_BATCH_BYTES: usize = 4 * 1024 * 1024;
+const DELIVERY_BATCH_BYTES: usize = crate::rpc::MAX_BATCH_BYTES;
 /// Time allowed for one delivery message.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Expired hints dropped per target per round, at most.

@@ -21,7 +21,11 @@ pub(super) async fn ready(State(node): State<Arc<Node>>, request: Request) -> Re
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return method_not_allowed(request.method());
     }
-    if node.ready.load(Ordering::Acquire) {
+    if node.replica.storage().wal_failed() {
+        error_response(&Error::Unavailable(
+            "a sync of the write-ahead log failed; restart the node".into(),
+        ))
+    } else if node.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         error_response(&Error::Unavailable("node is not ready".into()))
@@ -53,7 +57,7 @@ pub(super) async fn admin_cluster(State(node): State<Arc<Node>>, request: Reques
         match *request.method() {
             Method::GET => Ok(axum::Json(node.membership.view().config.clone()).into_response()),
             Method::PUT => {
-                let bytes = read_value(request, 1024 * 1024).await?;
+                let bytes = read_value(&node, request, 1024 * 1024).await?;
                 let config: kvapi::ClusterConfig = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::BadConfig(format!("not a cluster config: {e}")))?;
                 let offered = config.epoch;

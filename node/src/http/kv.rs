@@ -82,7 +82,7 @@ async fn handle_kv(node: &Node, operation: Operation, request: Request) -> Resul
             }
             Operation::Put => {
                 let context = parse_context(node.replica.contexts(), &key, request.headers())?;
-                let value = read_value(request, node.max_value_bytes).await?;
+                let value = read_value(node, request, node.max_value_bytes).await?;
                 write(node, key, context, Some(value), params.quorum, deadline).await
             }
             Operation::Delete => {

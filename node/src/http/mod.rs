@@ -9,6 +9,7 @@
 //! routes read storage for digests and the hint count.
 
 mod admin;
+mod in_flight;
 mod kv;
 mod peer;
 mod peer_checks;
@@ -21,9 +22,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -45,6 +47,10 @@ use crate::rpc::{self, RpcClient};
 /// Largest `timeout_ms` a request may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
 
+/// Most bytes reserved up front for a body from its `Content-Length`; a larger body grows its buffer
+/// as it arrives, so an announcement alone never costs memory.
+const PREALLOCATE_BYTES: usize = 1024 * 1024;
+
 /// What the request handlers need: the coordinator and the layers peers talk to, metrics and limits.
 pub struct Node {
     /// Runs client requests across replicas.
@@ -65,6 +71,12 @@ pub struct Node {
     pub max_value_bytes: usize,
     /// Deadline of a request that names none.
     pub request_timeout: Duration,
+    /// Time any request body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Largest peer message accepted, in bytes: see [`rpc::max_message_bytes`].
+    pub max_peer_message_bytes: usize,
+    /// Most requests handled at once, health probes aside.
+    pub max_requests_in_flight: usize,
     /// Bearer token required on admin routes, when set.
     pub admin_token: Option<String>,
     /// False while starting or shutting down: readiness and key routes answer 503.
@@ -82,12 +94,17 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// A connection whose client takes no response bytes for this long is closed.
+    pub write_timeout: Duration,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_grace: Duration,
 }
 
 /// The router of every HTTP route of the node.
 pub fn router(node: Arc<Node>) -> Router {
+    let bound = in_flight::InFlight::new(node.max_requests_in_flight, node.metrics.clone());
     Router::new()
         .route("/v1/kv", any(kv::kv))
         .route("/v1/kv/", any(kv::kv))
@@ -102,6 +119,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(kvapi::ADMIN_DRAIN, any(admin::admin_drain))
         .route(rpc::RPC_PATH, any(peer::peer_rpc))
         .fallback(no_route)
+        .layer(from_fn_with_state(bound, in_flight::bound_in_flight))
         .with_state(node)
 }
 
@@ -122,7 +140,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -149,6 +168,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let mut stream = TimeoutStream::new(stream);
         stream.set_read_timeout(Some(limits.idle_timeout));
+        stream.set_write_timeout(Some(limits.write_timeout));
         let io = TokioIo::new(Box::pin(stream));
         let service = TowerToHyperService::new(router.clone());
         let connection = builder.serve_connection(io, service).into_owned();
@@ -169,9 +189,11 @@ pub async fn serve(
     }
 }
 
-/// Reads the body, refusing it as soon as it is known to exceed `limit`: up front from
-/// `Content-Length`, or while streaming otherwise. Never buffers more than `limit` bytes.
-async fn read_value(request: Request, limit: usize) -> Result<Vec<u8>, Error> {
+/// Reads the body within the node's body read timeout, refusing it as soon as it is known to exceed
+/// `limit`: up front from `Content-Length`, or while streaming otherwise. Frames are appended to one
+/// buffer as they come, so the body is held once and never copied whole.
+async fn read_value(node: &Node, request: Request, limit: usize) -> Result<Vec<u8>, Error> {
+    let timeout = node.body_read_timeout;
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -180,13 +202,30 @@ async fn read_value(request: Request, limit: usize) -> Result<Vec<u8>, Error> {
     if announced.is_some_and(|len| len > limit as u64) {
         return Err(Error::ValueTooLarge { limit });
     }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(Error::ValueTooLarge { limit })
+    let capacity = announced
+        .map_or(0, |len| len as usize)
+        .min(PREALLOCATE_BYTES);
+    let read = async move {
+        let mut body = request.into_body();
+        let mut value = Vec::with_capacity(capacity);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::BadBody(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if value.len() + data.len() > limit {
+                    return Err(Error::ValueTooLarge { limit });
+                }
+                value.extend_from_slice(&data);
+            }
         }
-        Err(e) => Err(Error::BadBody(e.to_string())),
-    }
+        Ok(value)
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        node.metrics
+            .requests_rejected
+            .with_label_values(&["body_timeout"])
+            .inc();
+        Error::BodyTimeout(timeout)
+    })?
 }
 
 async fn no_route(request: Request) -> Response {
@@ -230,6 +269,8 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
         Error::StaleEpoch { .. } | Error::NotOwner(_) => (StatusCode::CONFLICT, codes::STALE_EPOCH),
         Error::TransitionInProgress(_) => (StatusCode::CONFLICT, codes::TRANSITION_IN_PROGRESS),
         Error::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::VALUE_TOO_LARGE),
+        Error::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::RECORD_TOO_LARGE),
+        Error::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, codes::BODY_TIMEOUT),
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, codes::DEADLINE_EXCEEDED),
         Error::QuorumNotReached { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, codes::QUORUM_NOT_REACHED)
@@ -275,7 +316,7 @@ fn error_response(error: &Error) -> Response {
     if let Some(context) = context {
         insert_context(response.headers_mut(), &context);
     }
-    if let Error::ValueTooLarge { .. } = error {
+    if let Error::ValueTooLarge { .. } | Error::BodyTimeout(_) = error {
         // The rest of the body was never read: the connection cannot carry another request, and
         // saying so keeps clients from reusing it.
         response

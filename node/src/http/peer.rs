@@ -10,7 +10,6 @@ use kvapi::{ErrorBody, codes};
 
 use super::peer_checks::{self, Refusal};
 use super::{MAX_TIMEOUT_MS, Node, error_parts, error_response, read_value};
-use crate::antientropy::PAGE_BYTES;
 use crate::causality::SiblingSet;
 use crate::error::Error;
 use crate::rpc::{self, RequestBody, ResponseBody, RpcRequest, RpcResponse};
@@ -24,7 +23,7 @@ pub(super) async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) ->
         });
     }
     let outcome = async {
-        let bytes = read_value(request, rpc::MAX_RPC_BYTES).await?;
+        let bytes = read_value(&node, request, node.max_peer_message_bytes).await?;
         let message: RpcRequest = rpc::decode(&bytes)?;
         let view = node.membership.view();
         if view.config.epoch > 0 && message.cluster != view.config.cluster {
@@ -116,8 +115,10 @@ async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
             after,
             max_bytes,
         } => {
-            // A peer's budget is honoured up to a few pages, so no answer grows without bound.
-            let budget = max_bytes.min(4 * PAGE_BYTES) as usize;
+            // A peer's budget is honoured up to a batch, so no answer outgrows the message limit.
+            let budget = usize::try_from(max_bytes)
+                .unwrap_or(usize::MAX)
+                .min(rpc::MAX_BATCH_BYTES);
             node.replica
                 .with_storage(move |s| {
                     s.scan_segments(partition, &segments, after.as_deref(), budget)

@@ -1,5 +1,9 @@
 //! A bounded LRU cache of decoded sibling sets, sized in bytes.
 //!
+//! An entry weighs its key, its record's encoded size (values, dots, the version vector with its
+//! actor names) and the in-memory overhead of the decoded form, so a key with a huge vector and
+//! few bytes of value costs what it holds.
+//!
 //! The lock is a plain (non-async) mutex held only for a map operation, never across an await or any
 //! I/O. Entries are `Arc`s, so a hit copies a pointer, not the values.
 
@@ -11,8 +15,12 @@ use parking_lot::Mutex;
 use crate::causality::SiblingSet;
 use crate::metrics::Metrics;
 
-/// Bytes charged per entry on top of keys and values, for the map, the `Arc` and sibling headers.
-const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// Bytes charged per entry on top of its key and record, for the map node, the key's and the set's
+/// allocations and the `Arc`.
+const ENTRY_OVERHEAD_BYTES: usize = 128;
+/// In-memory bytes of a decoded version-vector entry beyond its encoded bytes: the actor's `String`
+/// header, the counter widened to 8 bytes and its share of a B-tree node.
+const VECTOR_ENTRY_OVERHEAD_BYTES: usize = 48;
 
 /// LRU cache from storage key to sibling set with a byte budget.
 pub struct ObjectCache {
@@ -54,10 +62,10 @@ impl ObjectCache {
         found
     }
 
-    /// Stores `set` under `key`, evicting least recently used entries to stay within the budget.
-    /// A set larger than the whole budget is not cached.
-    pub fn insert(&self, key: Vec<u8>, set: Arc<SiblingSet>) {
-        let weight = weight(&key, &set);
+    /// Stores `set`, whose record encodes to `encoded_bytes`, under `key`, evicting least recently
+    /// used entries to stay within the budget. A set larger than the whole budget is not cached.
+    pub fn insert(&self, key: Vec<u8>, set: Arc<SiblingSet>, encoded_bytes: usize) {
+        let weight = weight(&key, &set, encoded_bytes);
         let mut inner = self.inner.lock();
         if let Some((_, old)) = inner.entries.pop(&key) {
             inner.bytes -= old;
@@ -102,13 +110,14 @@ impl ObjectCache {
     }
 }
 
-fn weight(key: &[u8], set: &SiblingSet) -> usize {
-    let values: usize = set
-        .siblings()
-        .iter()
-        .map(|s| s.value.as_ref().map_or(0, Vec::len) + s.dot.actor.0.len() + 32)
-        .sum();
-    ENTRY_OVERHEAD_BYTES + key.len() + values
+/// The memory an entry holds: its encoded record (which counts every value byte, actor name and
+/// counter) plus what decoding adds per sibling and per vector entry.
+fn weight(key: &[u8], set: &SiblingSet, encoded_bytes: usize) -> usize {
+    ENTRY_OVERHEAD_BYTES
+        + key.len()
+        + encoded_bytes
+        + std::mem::size_of_val(set.siblings())
+        + set.context().len() * VECTOR_ENTRY_OVERHEAD_BYTES
 }
 
 #[cfg(test)]
@@ -117,6 +126,11 @@ mod tests {
 
     use super::*;
     use crate::causality::{Actor, VersionVector};
+
+    fn insert(cache: &ObjectCache, key: &[u8], set: Arc<SiblingSet>) {
+        let encoded = crate::storage::codec::encode(&set).len();
+        cache.insert(key.to_vec(), set, encoded);
+    }
 
     fn set_of(bytes: usize) -> Arc<SiblingSet> {
         let mut set = SiblingSet::default();
@@ -133,15 +147,15 @@ mod tests {
     #[test]
     fn stays_within_budget_and_evicts_least_recently_used() {
         let metrics = Arc::new(Metrics::new());
-        let cache = ObjectCache::new(1000, metrics.clone());
-        cache.insert(b"a".to_vec(), set_of(300));
-        cache.insert(b"b".to_vec(), set_of(300));
+        let cache = ObjectCache::new(1500, metrics.clone());
+        insert(&cache, b"a", set_of(300));
+        insert(&cache, b"b", set_of(300));
         assert!(cache.get(b"a").is_some()); // a is now most recently used
-        cache.insert(b"c".to_vec(), set_of(300));
+        insert(&cache, b"c", set_of(300));
         assert!(cache.get(b"b").is_none(), "b was least recently used");
         assert!(cache.get(b"a").is_some());
         assert!(cache.get(b"c").is_some());
-        assert!(metrics.cache_size_bytes.get() <= 1000);
+        assert!(metrics.cache_size_bytes.get() <= 1500);
         assert_eq!(metrics.cache_hits.get(), 3);
         assert_eq!(metrics.cache_misses.get(), 1);
     }
@@ -149,12 +163,40 @@ mod tests {
     #[test]
     fn oversized_sets_are_not_cached_and_replacements_are_recounted() {
         let metrics = Arc::new(Metrics::new());
-        let cache = ObjectCache::new(1000, metrics.clone());
-        cache.insert(b"big".to_vec(), set_of(5000));
+        let cache = ObjectCache::new(1500, metrics.clone());
+        insert(&cache, b"big", set_of(5000));
         assert!(cache.get(b"big").is_none());
-        cache.insert(b"k".to_vec(), set_of(100));
+        insert(&cache, b"k", set_of(100));
         let one = metrics.cache_size_bytes.get();
-        cache.insert(b"k".to_vec(), set_of(100));
+        insert(&cache, b"k", set_of(100));
         assert_eq!(metrics.cache_size_bytes.get(), one);
+    }
+
+    #[test]
+    fn the_version_vector_and_actor_names_weigh_in() {
+        let metrics = Arc::new(Metrics::new());
+        let cache = ObjectCache::new(1 << 30, metrics.clone());
+        // One empty value whose context names 2,000 long-named actors.
+        let mut context = SiblingSet::default();
+        for i in 0..2000 {
+            let actor = Actor::new(&format!("{i:0>200}"), 1);
+            context
+                .update(&VersionVector::default(), &actor, None, 0)
+                .unwrap();
+        }
+        let mut set = SiblingSet::default();
+        set.update(
+            context.context(),
+            &Actor::new("kv-0", 1),
+            Some(Vec::new()),
+            0,
+        )
+        .unwrap();
+        insert(&cache, b"k", Arc::new(set));
+        let weight = metrics.cache_size_bytes.get();
+        assert!(
+            weight > 2000 * 200,
+            "a vector of 2,000 actors of 200+ bytes weighs only {weight} bytes"
+        );
     }
 }

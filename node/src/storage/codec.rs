@@ -9,6 +9,21 @@ use crate::causality::SiblingSet;
 /// Current record format. A reader refuses versions it does not know rather than misreading them.
 const RECORD_FORMAT_VERSION: u8 = 1;
 
+/// Bytes one sibling may take beyond its value: its dot (an actor name of up to ~400 bytes and a
+/// counter), the value's tag and length, and its timestamp.
+pub const SIBLING_SLACK_BYTES: usize = 512;
+/// Bytes the record's version vector and header may take: hundreds of actors.
+pub const VECTOR_SLACK_BYTES: usize = 64 * 1024;
+
+/// The per-record byte cap: the largest encoded record a key may legitimately reach with at most
+/// `max_siblings` siblings of at most `max_value_bytes` each. With the defaults (64 siblings of
+/// 1 MiB) it is 64 × (1 MiB + 512 B) + 64 KiB ≈ 64.1 MiB.
+pub fn max_record_bytes(max_siblings: usize, max_value_bytes: usize) -> usize {
+    max_siblings
+        .saturating_mul(max_value_bytes.saturating_add(SIBLING_SLACK_BYTES))
+        .saturating_add(VECTOR_SLACK_BYTES)
+}
+
 /// A stored record that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -64,6 +79,24 @@ mod tests {
         set.update(&VersionVector::default(), &actor, None, 43)
             .unwrap();
         set
+    }
+
+    #[test]
+    fn a_record_at_the_caps_fits_the_record_cap() {
+        let mut set = SiblingSet::default();
+        let actor = Actor::new(&"n".repeat(253), u32::MAX);
+        for _ in 0..8 {
+            set.update(
+                &VersionVector::default(),
+                &actor,
+                Some(vec![7; 1000]),
+                u64::MAX,
+            )
+            .unwrap();
+        }
+        let cap = max_record_bytes(8, 1000);
+        assert!(encode(&set).len() <= cap, "{} > {cap}", encode(&set).len());
+        assert_eq!(max_record_bytes(usize::MAX, 1), usize::MAX, "saturates");
     }
 
     #[test]

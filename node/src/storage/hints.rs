@@ -24,6 +24,8 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 
 const HINT_FORMAT_VERSION: u8 = 1;
+/// Bytes of a stored hint beside its key and record: format byte, partition and key length.
+const HINT_HEADER_BYTES: usize = 8;
 
 /// One key's state, to be merged into the replica the hint names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,8 +168,15 @@ impl Storage {
                 target.len()
             )));
         }
+        self.wal.check()?;
         let mut value = vec![HINT_FORMAT_VERSION];
         value.extend(postcard::to_allocvec(hint).map_err(|e| Error::Internal(e.to_string()))?);
+        // A hint holds one record: the cap of records, plus its key and partition.
+        self.check_record_size(
+            value
+                .len()
+                .saturating_sub(hint.key.len() + HINT_HEADER_BYTES),
+        )?;
         let bytes = value.len() as u64;
         {
             // Reserve the room before writing, so concurrent stores cannot overshoot the caps.
@@ -195,9 +204,12 @@ impl Storage {
         }
         let sequence = self.hints.next_sequence();
         let written = self.cf(HINTS_CF).and_then(|cf| {
-            Ok(self
-                .db
-                .put_cf_opt(cf, hint_key(target, sequence), value, &self.write_options)?)
+            self.wal.watch(self.db.put_cf_opt(
+                cf,
+                hint_key(target, sequence),
+                value,
+                &self.write_options,
+            ))
         });
         if written.is_err() {
             self.hints
@@ -282,7 +294,9 @@ impl Storage {
         for held in hints {
             batch.delete_cf(cf, &held.storage_key);
         }
-        self.db.write_opt(batch, &self.write_options)?;
+        self.wal.check()?;
+        self.wal
+            .watch(self.db.write_opt(batch, &self.write_options))?;
         let mut totals = self.hints.totals.lock();
         for held in hints {
             totals.remove(target, held.hint.partition, held.bytes);

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod codec;
 pub mod hints;
 pub mod scan;
+mod wal_health;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::causality::SiblingSet;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use cache::ObjectCache;
+use wal_health::WalHealth;
 
 /// Column family of the key-value records.
 pub const OBJECTS_CF: &str = "objects";
@@ -59,6 +61,8 @@ pub struct Storage {
     write_options: WriteOptions,
     incarnation: u32,
     hints: hints::HintLedger,
+    max_record_bytes: usize,
+    wal: WalHealth,
 }
 
 impl Storage {
@@ -90,11 +94,29 @@ impl Storage {
         let hints = hints::HintLedger::load(&db, metrics.clone())?;
         Ok(Storage {
             db,
-            cache: ObjectCache::new(cache_bytes, metrics),
+            cache: ObjectCache::new(cache_bytes, metrics.clone()),
             write_options,
             incarnation,
             hints,
+            max_record_bytes: codec::max_record_bytes(
+                usize::from(crate::config::DEFAULT_MAX_SIBLINGS),
+                kvapi::DEFAULT_MAX_VALUE_BYTES,
+            ),
+            wal: WalHealth::new(metrics),
         })
+    }
+
+    /// Sets the per-record byte cap (see [`codec::max_record_bytes`]; the cap of the default
+    /// settings until then): a write or merge that would store a larger record is refused.
+    pub fn with_record_cap(mut self, max_record_bytes: usize) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
+    }
+
+    /// True once a sync or write of the write-ahead log has failed: the node then refuses writes
+    /// until it is restarted.
+    pub fn wal_failed(&self) -> bool {
+        self.wal.failed()
     }
 
     /// A random number fixed when this data directory was created: a wiped node gets a new one, so
@@ -141,32 +163,51 @@ impl Storage {
         if let Some(set) = self.cache.get(&rkey) {
             return Ok(set);
         }
-        let set = match self.db.get_pinned_cf(self.cf(OBJECTS_CF)?, &rkey)? {
-            Some(bytes) => Arc::new(codec::decode(&bytes)?),
-            None => Arc::new(SiblingSet::default()),
+        let (set, encoded_bytes) = match self.db.get_pinned_cf(self.cf(OBJECTS_CF)?, &rkey)? {
+            Some(bytes) => (Arc::new(codec::decode(&bytes)?), bytes.len()),
+            None => (Arc::new(SiblingSet::default()), 0),
         };
-        self.cache.insert(rkey, set.clone());
+        self.cache.insert(rkey, set.clone(), encoded_bytes);
         Ok(set)
     }
 
-    /// Persists `set` as the state of `key` (synced first when durability is `fsync`).
+    /// Persists `set` as the state of `key` (synced first when durability is `fsync`). A record
+    /// past the per-record cap is refused, and so is every write once the log has failed.
     pub fn store(&self, partition: u16, key: &[u8], set: Arc<SiblingSet>) -> Result<(), Error> {
+        self.wal.check()?;
+        let encoded = codec::encode(&set);
+        let encoded_bytes = encoded.len();
+        self.check_record_size(encoded_bytes)?;
         let rkey = record_key(partition, key);
-        self.db.put_cf_opt(
+        self.wal.watch(self.db.put_cf_opt(
             self.cf(OBJECTS_CF)?,
             &rkey,
-            codec::encode(&set),
+            encoded,
             &self.write_options,
-        )?;
-        self.cache.insert(rkey, set);
+        ))?;
+        self.cache.insert(rkey, set, encoded_bytes);
+        Ok(())
+    }
+
+    /// Refuses a record of `bytes` encoded bytes when it exceeds the per-record cap.
+    pub fn check_record_size(&self, bytes: usize) -> Result<(), Error> {
+        if bytes > self.max_record_bytes {
+            return Err(Error::RecordTooLarge {
+                bytes,
+                limit: self.max_record_bytes,
+            });
+        }
         Ok(())
     }
 
     /// Deletes `key` (tombstone garbage collection); the caller holds the key's write lock.
     pub fn remove(&self, partition: u16, key: &[u8]) -> Result<(), Error> {
+        self.wal.check()?;
         let rkey = record_key(partition, key);
-        self.db
-            .delete_cf_opt(self.cf(OBJECTS_CF)?, &rkey, &self.write_options)?;
+        self.wal.watch(
+            self.db
+                .delete_cf_opt(self.cf(OBJECTS_CF)?, &rkey, &self.write_options),
+        )?;
         self.cache.remove(&rkey);
         Ok(())
     }
@@ -178,14 +219,14 @@ impl Storage {
 
     /// Writes (synced) or, with `None`, deletes a node-local metadata value.
     pub fn set_meta(&self, key: &str, value: Option<&[u8]>) -> Result<(), Error> {
+        self.wal.check()?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         let meta = self.cf(META_CF)?;
-        match value {
-            Some(v) => self.db.put_cf_opt(meta, key, v, &sync)?,
-            None => self.db.delete_cf_opt(meta, key, &sync)?,
-        }
-        Ok(())
+        self.wal.watch(match value {
+            Some(v) => self.db.put_cf_opt(meta, key, v, &sync),
+            None => self.db.delete_cf_opt(meta, key, &sync),
+        })
     }
 
     /// A random 32-byte secret named `name`, created (synced) on first use and kept with the data.
@@ -198,9 +239,11 @@ impl Storage {
         Ok(secret.to_vec())
     }
 
-    /// Syncs the write-ahead log to disk (the periodic durability tick).
+    /// Syncs the write-ahead log to disk (the periodic durability tick). A failure is final: see
+    /// [`Storage::wal_failed`].
     pub fn sync_wal(&self) -> Result<(), Error> {
-        Ok(self.db.flush_wal(true)?)
+        self.wal.check()?;
+        self.wal.watch(self.db.flush_wal(true))
     }
 
     /// RocksDB's estimate of the live data size of the objects, in bytes.

@@ -119,7 +119,8 @@ impl Storage {
                 page.next = page.records.last().map(|(k, _)| k.clone());
                 break;
             }
-            page.bytes += value.len();
+            // Keys count too: a page of small records with long keys stays within the budget.
+            page.bytes += key.len() + value.len();
             page.records.push((key.to_vec(), codec::decode(&value)?));
         }
         Ok(page)
@@ -143,8 +144,13 @@ impl Storage {
             Some(next) => next.to_be_bytes().to_vec(),
             None => vec![0xff, 0xff, 0xff],
         };
-        self.db
-            .delete_range_cf_opt(self.cf(OBJECTS_CF)?, start, end, &self.write_options)?;
+        self.wal.check()?;
+        self.wal.watch(self.db.delete_range_cf_opt(
+            self.cf(OBJECTS_CF)?,
+            start,
+            end,
+            &self.write_options,
+        ))?;
         self.cache.remove_prefix(&partition.to_be_bytes());
         Ok(())
     }
