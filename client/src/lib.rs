@@ -1,7 +1,7 @@
 //! Async Rust client for kvcluster.
 //!
-//! A [`Client`] talks to one kvnode over plain HTTP/1.1 (any node of a cluster coordinates or forwards a
-//! request, see DESIGN.md section 3) using the public routes of section 5 and the wire contract of
+//! A [`Client`] talks to one kvnode over HTTP/1.1, plain or https (any node of a cluster coordinates or
+//! forwards a request, see DESIGN.md section 3), sending a bearer token when given one, using the public routes of section 5 and the wire contract of
 //! [`kvapi`]: `GET|PUT|DELETE /v1/kv/{key}`, the `X-Kv-Context` causal-context header, the `r`, `w` and
 //! `timeout_ms` query parameters and JSON error bodies.
 //!
@@ -19,7 +19,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! With a token and a private CA: `Client::builder("https://kv-0.example:8080").token("…").ca_cert_pem(pem)
+//! .build()?`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -30,7 +34,7 @@ use kvapi::{
     KV_PREFIX, MAX_KEY_BYTES, NodeStatus, ReadResponse, RingView,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 /// Overall deadline of a request made by [`Client::new`] when the request sets no `timeout_ms`.
@@ -59,7 +63,7 @@ const KEY_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC
 /// Everything that can go wrong with a request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The endpoint is not a usable `http://host[:port][/path]` URL.
+    /// The endpoint is not a usable `http[s]://host[:port][/path]` URL.
     #[error("bad endpoint {endpoint:?}: {reason}")]
     BadEndpoint {
         /// The endpoint as given.
@@ -74,6 +78,12 @@ pub enum Error {
     /// The causal context holds characters that an HTTP header value cannot carry.
     #[error("invalid context: {0}")]
     InvalidContext(String),
+    /// The bearer token cannot be used (see [`kvapi::parse_tokens`]); the message never quotes it.
+    #[error("bad token: {0}")]
+    BadToken(String),
+    /// The TLS settings cannot be used: an unreadable or empty CA certificate, no system roots.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// The request could not be sent or its answer not received: connection refused, timeout, reset.
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
@@ -196,10 +206,10 @@ impl ReadResult {
 
 /// An async client bound to one node endpoint.
 ///
-/// Cheap to clone: clones share one connection pool.
+/// Cheap to clone: clones share one connection pool. Its `Debug` form never shows the token.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Pooled HTTP client.
+    /// Pooled HTTP client, with the token (if any) as a default header and the TLS trust.
     http: reqwest::Client,
     /// Normalised endpoint without a trailing slash, such as `http://127.0.0.1:8080`.
     base: String,
@@ -207,29 +217,163 @@ pub struct Client {
     timeout: Duration,
 }
 
-impl Client {
-    /// A client for the node at `endpoint` (`http://host:port`, optionally with a path prefix; a bare
-    /// `host:port` means `http://host:port`), with the [`DEFAULT_TIMEOUT`].
-    pub fn new(endpoint: &str) -> Result<Client, Error> {
-        Client::with_timeout(endpoint, DEFAULT_TIMEOUT)
+/// Settings of a [`Client`] beyond its endpoint: the deadline, the bearer token and the CA to trust.
+#[derive(Clone)]
+pub struct ClientBuilder {
+    endpoint: String,
+    timeout: Duration,
+    token: Option<String>,
+    ca_cert_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("endpoint", &self.endpoint)
+            .field("timeout", &self.timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert_pem", &self.ca_cert_pem.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Overall deadline of requests that set no `timeout_ms` (default [`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
-    /// Like [`Client::new`] with another overall deadline for requests that set no `timeout_ms`.
-    ///
-    /// Proxy environment variables are ignored: a client talks to cluster nodes directly.
-    pub fn with_timeout(endpoint: &str, timeout: Duration) -> Result<Client, Error> {
-        let base = parse_endpoint(endpoint)?;
+    /// Bearer token sent with every request (`Authorization: Bearer TOKEN`), read with
+    /// [`kvapi::parse_tokens`] like the node reads its token files: surrounding whitespace is trimmed,
+    /// and the text must hold exactly one token.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// PEM certificates of the CA(s) that sign the nodes' https certificates: the only ones trusted.
+    /// Without it an https endpoint is checked against the system's roots.
+    pub fn ca_cert_pem(mut self, pem: Vec<u8>) -> Self {
+        self.ca_cert_pem = Some(pem);
+        self
+    }
+
+    /// The client. Proxy environment variables are ignored: a client talks to cluster nodes directly.
+    pub fn build(self) -> Result<Client, Error> {
+        let base = normalise_endpoint(&self.endpoint)?;
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &self.token {
+            headers.insert(AUTHORIZATION, bearer_value(token)?);
+        }
+        let https = base.starts_with("https://");
+        let tls = tls_config(self.ca_cert_pem.as_deref(), https)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("kvclient/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
+            .default_headers(headers)
+            .timeout(self.timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .no_proxy()
+            .tls_backend_preconfigured(tls)
             .build()?;
         Ok(Client {
             http,
             base,
-            timeout,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// The `Authorization` value for `text`, marked sensitive so that no `Debug` output shows it.
+fn bearer_value(text: &str) -> Result<HeaderValue, Error> {
+    let tokens = kvapi::parse_tokens(text).map_err(Error::BadToken)?;
+    let [token] = tokens.as_slice() else {
+        return Err(Error::BadToken(format!(
+            "expected one token, found {} lines",
+            tokens.len()
+        )));
+    };
+    let mut value = HeaderValue::from_str(&format!("{}{token}", kvapi::BEARER_PREFIX))
+        .map_err(|_| Error::BadToken("not a valid header value".to_owned()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The TLS client settings: trust the CA(s) of `ca_pem` only, or else the system's roots when an
+/// https endpoint needs them (loading them for a plain-http client would cost time for nothing).
+/// Always the `ring` provider, so no process-wide default has to be installed.
+fn tls_config(ca_pem: Option<&[u8]>, https: bool) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Tls(format!("CA certificate PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Tls(
+                "the CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+            ));
+        }
+    } else if https {
+        let (added, _) =
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if added == 0 {
+            return Err(Error::Tls(
+                "no system CA certificates found; name the cluster's CA with --cacert".to_owned(),
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl Client {
+    /// A client for the node at `endpoint` (`http://host:port` or `https://host:port`, optionally with a
+    /// path prefix; a bare `host:port` means `http://host:port`), with the [`DEFAULT_TIMEOUT`], no token
+    /// and, for https, the system's roots.
+    pub fn new(endpoint: &str) -> Result<Client, Error> {
+        Client::builder(endpoint).build()
+    }
+
+    /// Like [`Client::new`] with another overall deadline for requests that set no `timeout_ms`.
+    pub fn with_timeout(endpoint: &str, timeout: Duration) -> Result<Client, Error> {
+        Client::builder(endpoint).timeout(timeout).build()
+    }
+
+    /// A builder for a client of `endpoint` with a token or a CA to trust.
+    pub fn builder(endpoint: &str) -> ClientBuilder {
+        ClientBuilder {
+            endpoint: endpoint.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+            token: None,
+            ca_cert_pem: None,
+        }
+    }
+
+    /// A client of another node with this one's token, TLS trust, deadline and connection pool. A
+    /// bare `host:port` (as in a cluster config's member list) gets this client's scheme.
+    pub fn at(&self, endpoint: &str) -> Result<Client, Error> {
+        let endpoint = endpoint.trim();
+        let base = if endpoint.contains("://") {
+            normalise_endpoint(endpoint)?
+        } else {
+            let scheme = self.base.split("://").next().unwrap_or("http");
+            normalise_endpoint(&format!("{scheme}://{endpoint}"))?
+        };
+        Ok(Client {
+            http: self.http.clone(),
+            base,
+            timeout: self.timeout,
         })
     }
 
@@ -418,8 +562,9 @@ fn query_string(params: &[(&str, Option<u64>)]) -> String {
     query
 }
 
-/// Validates and normalises an endpoint into `scheme://host[:port][/path]` without a trailing slash.
-fn parse_endpoint(endpoint: &str) -> Result<String, Error> {
+/// Validates and normalises an endpoint into `scheme://host[:port][/path]` without a trailing slash
+/// (a bare `host:port` gets `http://`).
+pub fn normalise_endpoint(endpoint: &str) -> Result<String, Error> {
     let bad = |reason: &str| Error::BadEndpoint {
         endpoint: endpoint.to_owned(),
         reason: reason.to_owned(),
@@ -435,13 +580,12 @@ fn parse_endpoint(endpoint: &str) -> Result<String, Error> {
     };
     let url = Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "https is not supported: this build of kvclient speaks plain http only",
-            ));
+        "http" | "https" => {}
+        other => {
+            return Err(bad(&format!(
+                "unsupported scheme {other:?}, expected http or https"
+            )));
         }
-        other => return Err(bad(&format!("unsupported scheme {other:?}, expected http"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host"));
@@ -772,28 +916,31 @@ mod tests {
     #[test]
     fn endpoints_are_normalised() {
         assert_eq!(
-            parse_endpoint("http://127.0.0.1:8080").unwrap(),
+            normalise_endpoint("http://127.0.0.1:8080").unwrap(),
             "http://127.0.0.1:8080"
         );
         assert_eq!(
-            parse_endpoint("http://127.0.0.1:8080/").unwrap(),
+            normalise_endpoint("http://127.0.0.1:8080/").unwrap(),
             "http://127.0.0.1:8080"
         );
         assert_eq!(
-            parse_endpoint(" localhost:9000 ").unwrap(),
+            normalise_endpoint(" localhost:9000 ").unwrap(),
             "http://localhost:9000"
         );
         assert_eq!(
-            parse_endpoint("http://kv.example/base/").unwrap(),
+            normalise_endpoint("http://kv.example/base/").unwrap(),
             "http://kv.example/base"
         );
         assert_eq!(
-            parse_endpoint("http://[::1]:8080").unwrap(),
+            normalise_endpoint("http://[::1]:8080").unwrap(),
             "http://[::1]:8080"
+        );
+        assert_eq!(
+            normalise_endpoint("https://kv.example:8443/").unwrap(),
+            "https://kv.example:8443"
         );
         for bad in [
             "",
-            "https://h:1",
             "ftp://h",
             "http://",
             "http://h:1/?x=1",
@@ -801,7 +948,7 @@ mod tests {
             "http://h:99999",
         ] {
             assert!(
-                matches!(parse_endpoint(bad), Err(Error::BadEndpoint { .. })),
+                matches!(normalise_endpoint(bad), Err(Error::BadEndpoint { .. })),
                 "{bad:?}"
             );
         }
@@ -940,8 +1087,69 @@ mod tests {
         );
         assert!(client.request_timeout(Some(u64::MAX)) >= Duration::from_millis(u64::MAX));
         assert!(matches!(
-            Client::new("https://x"),
+            Client::new("ftp://x"),
             Err(Error::BadEndpoint { .. })
         ));
+    }
+
+    /// A self-signed CA certificate (EC P-256, `openssl req -x509`), only parsed here.
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBjjCCATOgAwIBAgIUbGQLrk8K1CuvJYl5JpAXTkpGXN8wCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQa3ZjbGllbnQtdGVzdC1jYTAgFw0yNjExMjgxNjMzMTZaGA8y
+MTI2MTEwNDE2MzMxNlowGzEZMBcGA1UEAwwQa3ZjbGllbnQtdGVzdC1jYTBZMBMG
+ByqGSM49AgEGCCqGSM49AwEHA0IABC0zZaNBvnRqVhPrlW2VQjAB0FXly2qTXFl8
+qIDJgvnUJk0rMujESE3xBJoLeo8kknvt2/IsjsSgQ1lspgVzbkSjUzBRMB0GA1Ud
+DgQWBBShoJUneHypcJh72m3P0x2tXygO4TAfBgNVHSMEGDAWgBShoJUneHypcJh7
+2m3P0x2tXygO4TAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0kAMEYCIQDv
+shANuEdNhp6FoAyt81ZsMkw/6QDoijeSFRyIwv7zgAIhAIIsZi8O/U1Hg5uP+Yr8
+tlW5GgkaIDlRMEQofLy6bgmB
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn tokens_are_trimmed_sent_as_bearer_and_never_shown() {
+        let value = bearer_value("  s3cret-token\r\n").unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer s3cret-token");
+        assert!(value.is_sensitive());
+        assert!(matches!(bearer_value("\n \n"), Err(Error::BadToken(_))));
+        assert!(matches!(bearer_value("one\ntwo"), Err(Error::BadToken(_))));
+        assert!(matches!(
+            bearer_value("with space"),
+            Err(Error::BadToken(_))
+        ));
+        let builder = Client::builder("127.0.0.1:1").token("s3cret-token");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+        let client = builder.build().unwrap();
+        assert!(!format!("{client:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn https_clients_trust_the_given_ca() {
+        let client = Client::builder("https://127.0.0.1:1")
+            .ca_cert_pem(TEST_CA_PEM.as_bytes().to_vec())
+            .build()
+            .unwrap();
+        assert_eq!(client.endpoint(), "https://127.0.0.1:1");
+        // A CA file cut short, or one holding no certificate, is refused before any connection.
+        let cut = &TEST_CA_PEM[..TEST_CA_PEM.len() / 2];
+        for bad in [cut, "not a certificate\n"] {
+            let built = Client::builder("https://127.0.0.1:1")
+                .ca_cert_pem(bad.as_bytes().to_vec())
+                .build();
+            assert!(matches!(built, Err(Error::Tls(_))), "{built:?}");
+        }
+    }
+
+    #[test]
+    fn other_nodes_are_reached_with_the_same_scheme() {
+        let client = Client::new("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            client.at("10.0.0.2:8080").unwrap().endpoint(),
+            "http://10.0.0.2:8080"
+        );
+        assert_eq!(
+            client.at("https://10.0.0.2:8443").unwrap().endpoint(),
+            "https://10.0.0.2:8443"
+        );
     }
 }

@@ -41,6 +41,7 @@ use crate::storage::{Durability, Storage};
 /// Opens storage, binds the listener, prints `kvnode listening on http://ADDR` on stdout and serves
 /// until `shutdown` resolves; then drains connections and syncs the write-ahead log.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let auth = Arc::new(http::auth::Authorizer::load(&config)?);
     let metrics = Arc::new(Metrics::new());
     let storage = Storage::open(
         &config.data_dir,
@@ -118,6 +119,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tokio::spawn(antientropy.run()),
         tokio::spawn(transfers.clone().run()),
     ];
+    let token_reload = auth
+        .watches_files()
+        .then(|| tokio::spawn(auth.clone().reload_forever()));
     let node = Arc::new(Node {
         coordinator: Coordinator::new(
             membership.clone(),
@@ -134,7 +138,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         metrics,
         max_value_bytes: usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX),
         request_timeout: *config.request_timeout,
-        admin_token: config.admin_token.clone(),
+        auth,
         ready: AtomicBool::new(false),
     });
     let wal_sync = (config.durability == Durability::Periodic).then(|| {
@@ -163,7 +167,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     for task in background {
         task.abort();
     }
-    if let Some(task) = wal_sync {
+    for task in [wal_sync, token_reload].into_iter().flatten() {
         task.abort();
     }
     replica.sync_wal().await

@@ -2,13 +2,15 @@
 //!
 //! - `kv`: the public key-value routes, which parse and validate requests and call the coordinator;
 //! - `admin`: health, metrics and the `/admin/v1/` routes;
-//! - `peer`: peer RPC, one message in and one answer out.
+//! - `peer`: peer RPC, one message in and one answer out;
+//! - `auth`: the bearer tokens, checked in front of every route.
 //!
 //! This module holds what they share, and is the one place where [`Error`]s become HTTP statuses.
 //! Key-value and peer routes reach data only through the coordinator and the replica; the admin
 //! routes read storage for digests and the hint count.
 
 mod admin;
+pub mod auth;
 mod kv;
 mod peer;
 
@@ -64,8 +66,8 @@ pub struct Node {
     pub max_value_bytes: usize,
     /// Deadline of a request that names none.
     pub request_timeout: Duration,
-    /// Bearer token required on admin routes, when set.
-    pub admin_token: Option<String>,
+    /// Which bearer token may use which route.
+    pub auth: Arc<auth::Authorizer>,
     /// False while starting or shutting down: readiness and key routes answer 503.
     pub ready: AtomicBool,
 }
@@ -101,6 +103,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(kvapi::ADMIN_DRAIN, any(admin::admin_drain))
         .route(rpc::RPC_PATH, any(peer::peer_rpc))
         .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            node.auth.clone(),
+            auth::require,
+        ))
         .with_state(node)
 }
 
@@ -220,6 +226,7 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
         Error::BadConfig(_) => (StatusCode::BAD_REQUEST, codes::BAD_CONFIG),
         Error::Rpc(_) => (StatusCode::BAD_REQUEST, codes::BAD_RPC),
         Error::Unauthorized => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
+        Error::Forbidden(_) => (StatusCode::FORBIDDEN, codes::FORBIDDEN),
         Error::NoRoute(_) | Error::KeyNotFound => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
         Error::MethodNotAllowed { .. } => {
             (StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED)
@@ -236,7 +243,7 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
             (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
         }
         Error::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::CORRUPT_RECORD),
-        Error::Storage(_) | Error::Internal(_) | Error::Remote { .. } => {
+        Error::Storage(_) | Error::Internal(_) | Error::BadToken(_) | Error::Remote { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL)
         }
     };
