@@ -400,7 +400,10 @@ async fn kvctl_sends_its_token_and_says_when_one_is_needed() {
     assert!(get.status.success(), "{}", stderr(&get));
     // Two blind writes: two siblings.
     let siblings = String::from_utf8_lossy(&get.stdout);
-    assert!(siblings.contains("v1") && siblings.contains("v2"), "{siblings}");
+    assert!(
+        siblings.contains("v1") && siblings.contains("v2"),
+        "{siblings}"
+    );
 
     // Without a token: the clear message and a non-zero exit, for data and admin commands alike.
     for args in [
