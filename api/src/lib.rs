@@ -17,6 +17,62 @@ pub const METRICS: &str = "/metrics";
 /// Header that carries the opaque causal context on reads and writes.
 pub const CONTEXT_HEADER: &str = "x-kv-context";
 
+/// Scheme of the `Authorization` header value that carries a token: `Authorization: Bearer TOKEN`.
+pub const BEARER_PREFIX: &str = "Bearer ";
+
+/// The tokens in the text of a token file (or a Kubernetes Secret, or a `--token` value): one token per
+/// line, each trimmed of surrounding whitespace, empty lines ignored. Several lines let a token be
+/// rotated by accepting the old and the new one for a while; clients send the first.
+///
+/// The node, the operator and `kvctl` all read tokens through this one function, so a trailing newline
+/// or a CRLF line end means the same thing to each of them. A token is one or more visible ASCII
+/// characters (no spaces), the only ones an HTTP header value carries unchanged; text that holds no
+/// token, or a line that is not such a token, is refused (the message never quotes the token).
+pub fn parse_tokens(text: &str) -> Result<Vec<&str>, String> {
+    let mut tokens = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let token = line.trim();
+        if token.is_empty() {
+            continue;
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "line {} holds a character a bearer token may not have: tokens are visible ASCII without spaces",
+                number + 1
+            ));
+        }
+        tokens.push(token);
+    }
+    if tokens.is_empty() {
+        return Err("no token found (one token per line)".into());
+    }
+    Ok(tokens)
+}
+
+/// A secret setting, such as a token given on a command line: holds a string like any other, but its
+/// `Debug` form never shows it, so a logged or printed configuration cannot carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 /// Smallest key, in bytes.
 pub const MIN_KEY_BYTES: usize = 1;
 /// Largest key, in bytes.
@@ -83,8 +139,11 @@ pub mod codes {
     pub const STALE_EPOCH: &str = "stale_epoch";
     /// A membership change was asked for while another one is still in progress.
     pub const TRANSITION_IN_PROGRESS: &str = "transition_in_progress";
-    /// The admin token is missing or wrong.
+    /// The route needs a bearer token and none, or an unknown one, was sent (401).
     pub const UNAUTHORIZED: &str = "unauthorized";
+    /// The bearer token is valid but not for this route or method, such as a read-only token on a
+    /// write or a data token on an admin route (403).
+    pub const FORBIDDEN: &str = "forbidden";
     /// A peer message could not be decoded (such as an unknown format version).
     pub const BAD_RPC: &str = "bad_rpc";
     /// Anything else that went wrong inside the node.
@@ -486,5 +545,39 @@ mod tests {
         assert!(c.validate().is_ok());
         c.epoch = u64::MAX;
         assert!(c.validate().unwrap_err().contains("highest allowed epoch"));
+    }
+
+    #[test]
+    fn tokens_are_trimmed_one_per_line() {
+        assert_eq!(parse_tokens("abc\n"), Ok(vec!["abc"]));
+        assert_eq!(parse_tokens("  abc\r\n\n\t def \n"), Ok(vec!["abc", "def"]));
+        assert_eq!(parse_tokens("a-b_c.d~e+f/g=="), Ok(vec!["a-b_c.d~e+f/g=="]));
+    }
+
+    #[test]
+    fn text_without_a_usable_token_is_refused() {
+        for bad in ["", "\n", " \r\n \t\n"] {
+            assert!(parse_tokens(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["two words", "caf\u{e9}", "tab\tinside", "nul\0"] {
+            let error = parse_tokens(bad).unwrap_err();
+            assert!(error.contains("line 1"), "{error}");
+            assert!(
+                !error.contains(bad),
+                "the message quotes the token: {error}"
+            );
+        }
+        assert!(
+            parse_tokens("good\nbad one\n")
+                .unwrap_err()
+                .contains("line 2")
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show() {
+        let secret = Secret::from("hunter2".to_owned());
+        assert_eq!(secret.expose(), "hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
     }
 }

@@ -1,7 +1,7 @@
 //! Async Rust client for kvcluster.
 //!
-//! A [`Client`] talks to one kvnode over plain HTTP/1.1 (any node of a cluster coordinates or forwards a
-//! request, see DESIGN.md section 3) using the public routes of section 5 and the wire contract of
+//! A [`Client`] talks to one kvnode over HTTP/1.1, plain or https (any node of a cluster coordinates or
+//! forwards a request, see DESIGN.md section 3), sending a bearer token when given one, using the public routes of section 5 and the wire contract of
 //! [`kvapi`]: `GET|PUT|DELETE /v1/kv/{key}`, the `X-Kv-Context` causal-context header, the `r`, `w` and
 //! `timeout_ms` query parameters and JSON error bodies.
 //!
@@ -19,6 +19,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! With a token and a private CA: `Client::builder("https://kv-0.example:8080").token("…").ca_cert_pem(pem)
+//! .build()?`.
+
+mod connect;
 
 use std::time::Duration;
 
@@ -32,6 +37,8 @@ use kvapi::{
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
+
+pub use connect::ClientBuilder;
 
 /// Overall deadline of a request made by [`Client::new`] when the request sets no `timeout_ms`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,7 +66,7 @@ const KEY_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC
 /// Everything that can go wrong with a request.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The endpoint is not a usable `http://host[:port][/path]` URL.
+    /// The endpoint is not a usable `http[s]://host[:port][/path]` URL.
     #[error("bad endpoint {endpoint:?}: {reason}")]
     BadEndpoint {
         /// The endpoint as given.
@@ -74,6 +81,12 @@ pub enum Error {
     /// The causal context holds characters that an HTTP header value cannot carry.
     #[error("invalid context: {0}")]
     InvalidContext(String),
+    /// The bearer token cannot be used (see [`kvapi::parse_tokens`]); the message never quotes it.
+    #[error("bad token: {0}")]
+    BadToken(String),
+    /// The TLS settings cannot be used: an unreadable or empty CA certificate, no system roots.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// The request could not be sent or its answer not received: connection refused, timeout, reset.
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
@@ -196,10 +209,10 @@ impl ReadResult {
 
 /// An async client bound to one node endpoint.
 ///
-/// Cheap to clone: clones share one connection pool.
+/// Cheap to clone: clones share one connection pool. Its `Debug` form never shows the token.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Pooled HTTP client.
+    /// Pooled HTTP client, with the token (if any) as a default header and the TLS trust.
     http: reqwest::Client,
     /// Normalised endpoint without a trailing slash, such as `http://127.0.0.1:8080`.
     base: String,
@@ -208,28 +221,37 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the node at `endpoint` (`http://host:port`, optionally with a path prefix; a bare
-    /// `host:port` means `http://host:port`), with the [`DEFAULT_TIMEOUT`].
+    /// A client for the node at `endpoint` (`http://host:port` or `https://host:port`, optionally with a
+    /// path prefix; a bare `host:port` means `http://host:port`), with the [`DEFAULT_TIMEOUT`], no token
+    /// and, for https, the system's roots.
     pub fn new(endpoint: &str) -> Result<Client, Error> {
-        Client::with_timeout(endpoint, DEFAULT_TIMEOUT)
+        Client::builder(endpoint).build()
     }
 
     /// Like [`Client::new`] with another overall deadline for requests that set no `timeout_ms`.
-    ///
-    /// Proxy environment variables are ignored: a client talks to cluster nodes directly.
     pub fn with_timeout(endpoint: &str, timeout: Duration) -> Result<Client, Error> {
-        let base = parse_endpoint(endpoint)?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("kvclient/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()?;
+        Client::builder(endpoint).timeout(timeout).build()
+    }
+
+    /// A builder for a client of `endpoint` with a token or a CA to trust.
+    pub fn builder(endpoint: &str) -> ClientBuilder {
+        ClientBuilder::new(endpoint)
+    }
+
+    /// A client of another node with this one's token, TLS trust, deadline and connection pool. A
+    /// bare `host:port` (as in a cluster config's member list) gets this client's scheme.
+    pub fn at(&self, endpoint: &str) -> Result<Client, Error> {
+        let endpoint = endpoint.trim();
+        let base = if endpoint.contains("://") {
+            normalise_endpoint(endpoint)?
+        } else {
+            let scheme = self.base.split("://").next().unwrap_or("http");
+            normalise_endpoint(&format!("{scheme}://{endpoint}"))?
+        };
         Ok(Client {
-            http,
+            http: self.http.clone(),
             base,
-            timeout,
+            timeout: self.timeout,
         })
     }
 
@@ -418,8 +440,9 @@ fn query_string(params: &[(&str, Option<u64>)]) -> String {
     query
 }
 
-/// Validates and normalises an endpoint into `scheme://host[:port][/path]` without a trailing slash.
-fn parse_endpoint(endpoint: &str) -> Result<String, Error> {
+/// Validates and normalises an endpoint into `scheme://host[:port][/path]` without a trailing slash
+/// (a bare `host:port` gets `http://`).
+pub fn normalise_endpoint(endpoint: &str) -> Result<String, Error> {
     let bad = |reason: &str| Error::BadEndpoint {
         endpoint: endpoint.to_owned(),
         reason: reason.to_owned(),
@@ -435,13 +458,12 @@ fn parse_endpoint(endpoint: &str) -> Result<String, Error> {
     };
     let url = Url::parse(&with_scheme).map_err(|e| bad(&e.to_string()))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(bad(
-                "https is not supported: this build of kvclient speaks plain http only",
-            ));
+        "http" | "https" => {}
+        other => {
+            return Err(bad(&format!(
+                "unsupported scheme {other:?}, expected http or https"
+            )));
         }
-        other => return Err(bad(&format!("unsupported scheme {other:?}, expected http"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host"));
@@ -772,28 +794,31 @@ mod tests {
     #[test]
     fn endpoints_are_normalised() {
         assert_eq!(
-            parse_endpoint("http://127.0.0.1:8080").unwrap(),
+            normalise_endpoint("http://127.0.0.1:8080").unwrap(),
             "http://127.0.0.1:8080"
         );
         assert_eq!(
-            parse_endpoint("http://127.0.0.1:8080/").unwrap(),
+            normalise_endpoint("http://127.0.0.1:8080/").unwrap(),
             "http://127.0.0.1:8080"
         );
         assert_eq!(
-            parse_endpoint(" localhost:9000 ").unwrap(),
+            normalise_endpoint(" localhost:9000 ").unwrap(),
             "http://localhost:9000"
         );
         assert_eq!(
-            parse_endpoint("http://kv.example/base/").unwrap(),
+            normalise_endpoint("http://kv.example/base/").unwrap(),
             "http://kv.example/base"
         );
         assert_eq!(
-            parse_endpoint("http://[::1]:8080").unwrap(),
+            normalise_endpoint("http://[::1]:8080").unwrap(),
             "http://[::1]:8080"
+        );
+        assert_eq!(
+            normalise_endpoint("https://kv.example:8443/").unwrap(),
+            "https://kv.example:8443"
         );
         for bad in [
             "",
-            "https://h:1",
             "ftp://h",
             "http://",
             "http://h:1/?x=1",
@@ -801,7 +826,7 @@ mod tests {
             "http://h:99999",
         ] {
             assert!(
-                matches!(parse_endpoint(bad), Err(Error::BadEndpoint { .. })),
+                matches!(normalise_endpoint(bad), Err(Error::BadEndpoint { .. })),
                 "{bad:?}"
             );
         }
@@ -940,8 +965,21 @@ mod tests {
         );
         assert!(client.request_timeout(Some(u64::MAX)) >= Duration::from_millis(u64::MAX));
         assert!(matches!(
-            Client::new("https://x"),
+            Client::new("ftp://x"),
             Err(Error::BadEndpoint { .. })
         ));
+    }
+
+    #[test]
+    fn other_nodes_are_reached_with_the_same_scheme() {
+        let client = Client::new("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            client.at("10.0.0.2:8080").unwrap().endpoint(),
+            "http://10.0.0.2:8080"
+        );
+        assert_eq!(
+            client.at("https://10.0.0.2:8443").unwrap().endpoint(),
+            "https://10.0.0.2:8443"
+        );
     }
 }

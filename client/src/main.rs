@@ -2,10 +2,12 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use kvclient::{Client, Error, ReadOptions, ReadResult, WriteOptions};
+use kvapi::Secret;
+use kvclient::{Client, ClientBuilder, Error, ReadOptions, ReadResult, WriteOptions};
 
 mod cmd;
 
@@ -30,7 +32,7 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "kvctl", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// Base URL of any node of the cluster (plain http; a bare HOST:PORT means http://HOST:PORT).
+    /// Base URL of any node of the cluster (http or https; a bare HOST:PORT means http://HOST:PORT).
     #[arg(
         long,
         global = true,
@@ -39,6 +41,28 @@ struct Cli {
         value_name = "URL"
     )]
     endpoint: String,
+
+    /// Bearer token sent with every request, for nodes started with token files. Prefer KVCTL_TOKEN or
+    /// --token-file: a value on the command line shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "KVCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        conflicts_with = "token_file"
+    )]
+    token: Option<Secret>,
+
+    /// File holding the bearer token: its first token, read as the node reads its token files (one
+    /// per line, trimmed, empty lines ignored).
+    #[arg(long, global = true, env = "KVCTL_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// PEM file of the CA that signs the nodes' certificates, the only CA trusted for https
+    /// endpoints (without it: the system's roots).
+    #[arg(long, global = true, env = "KVCTL_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -174,14 +198,64 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli))
 }
 
+/// How kvctl reaches the nodes: the bearer token and the CA to trust, each read once.
+pub(crate) struct Access {
+    token: Option<Secret>,
+    ca_cert_pem: Option<Vec<u8>>,
+}
+
+impl Access {
+    /// Reads `--token`/`--token-file` and `--cacert`.
+    fn load(cli: &Cli) -> Result<Access, String> {
+        let token = match (&cli.token, &cli.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read --token-file {}: {e}", path.display()))?;
+                let tokens = kvapi::parse_tokens(&text)
+                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+                tokens.first().map(|t| Secret::from((*t).to_owned()))
+            }
+            (None, None) => None,
+        };
+        let ca_cert_pem = match &cli.cacert {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("cannot read --cacert {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Access { token, ca_cert_pem })
+    }
+
+    /// A client builder for `endpoint` with the token and the CA.
+    pub(crate) fn client(&self, endpoint: &str) -> ClientBuilder {
+        let mut builder = Client::builder(endpoint);
+        if let Some(token) = &self.token {
+            builder = builder.token(token.expose());
+        }
+        if let Some(pem) = &self.ca_cert_pem {
+            builder = builder.ca_cert_pem(pem.clone());
+        }
+        builder
+    }
+}
+
 /// Runs one command and returns the process exit code.
 async fn run(cli: Cli) -> ExitCode {
+    let access = match Access::load(&cli) {
+        Ok(access) => access,
+        Err(e) => {
+            stderr_line(&format!("error: {e}"));
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
     let command = match cli.command {
         Command::Up(args) => return cmd::up::run(args).await,
-        Command::Bench(args) => return cmd::bench::run(&cli.endpoint, args).await,
+        Command::Bench(args) => return cmd::bench::run(&cli.endpoint, &access, args).await,
         other => other,
     };
-    let client = match Client::new(&cli.endpoint) {
+    let client = match access.client(&cli.endpoint).build() {
         Ok(client) => client,
         Err(e) => return fail(&e),
     };
@@ -283,7 +357,13 @@ async fn delete(client: &Client, args: DeleteArgs) -> ExitCode {
 
 /// Prints a client error (with its causes) on stderr and picks the exit code.
 fn fail(error: &Error) -> ExitCode {
-    let mut message = format!("error: {error}");
+    let mut message = match error.status() {
+        Some(401) => format!(
+            "error: the node requires a token (--token or KVCTL_TOKEN) and got none it accepts: {error}"
+        ),
+        // The node's message says what: "403 forbidden: this token may not write: it is read-only".
+        _ => format!("error: {error}"),
+    };
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         // reqwest repeats itself along the chain: print each distinct cause once.
@@ -302,9 +382,11 @@ fn fail(error: &Error) -> ExitCode {
             }
             ExitCode::from(EXIT_REFUSED)
         }
-        Error::BadEndpoint { .. } | Error::InvalidKey(_) | Error::InvalidContext(_) => {
-            ExitCode::from(EXIT_REFUSED)
-        }
+        Error::BadEndpoint { .. }
+        | Error::InvalidKey(_)
+        | Error::InvalidContext(_)
+        | Error::BadToken(_)
+        | Error::Tls(_) => ExitCode::from(EXIT_REFUSED),
         Error::Http(e) if e.is_builder() => ExitCode::from(EXIT_REFUSED),
         Error::Http(_) | Error::InvalidResponse(_) => ExitCode::from(EXIT_UNREACHABLE),
     }
@@ -407,8 +489,37 @@ mod tests {
         ] {
             assert!(bench(bad).is_err(), "{bad:?} accepted");
         }
-        let args = bench(&["--endpoints", "https://x:1"]).unwrap();
+        let args = bench(&["--endpoints", "ftp://x:1"]).unwrap();
         assert!(cmd::bench::plan(&args, "unused").is_err());
+    }
+
+    #[test]
+    fn token_arguments_are_read_once_and_never_shown() {
+        let cli = Cli::try_parse_from(["kvctl", "--token", "s3cret", "status"]).unwrap();
+        assert!(!format!("{cli:?}").contains("s3cret"));
+        let access = Access::load(&cli).unwrap();
+        assert_eq!(access.token.as_ref().map(Secret::expose), Some("s3cret"));
+        assert!(!format!("{:?}", access.client("127.0.0.1:1")).contains("s3cret"));
+
+        let dir = std::env::temp_dir().join(format!("kvctl-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "\n  first-token \r\nsecond-token\n").unwrap();
+        let path = file.to_str().unwrap();
+        let cli = Cli::try_parse_from(["kvctl", "--token-file", path, "get", "k"]).unwrap();
+        let access = Access::load(&cli).unwrap();
+        assert_eq!(
+            access.token.as_ref().map(Secret::expose),
+            Some("first-token")
+        );
+        std::fs::write(&file, "\n\n").unwrap();
+        let cli = Cli::try_parse_from(["kvctl", "--token-file", path, "get", "k"]).unwrap();
+        assert!(Access::load(&cli).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            Cli::try_parse_from(["kvctl", "--token", "a", "--token-file", "f", "get", "k"])
+                .is_err()
+        );
     }
 
     #[test]

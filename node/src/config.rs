@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use bytesize::ByteSize;
 use clap::Parser;
 use humantime::Duration;
+use kvapi::Secret;
 
 use crate::storage::Durability;
 
@@ -51,9 +52,35 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_CONTEXT_KEY_FILE")]
     pub context_key_file: Option<PathBuf>,
 
-    /// Bearer token required on the /admin/v1 routes (none: admin routes are open).
-    #[arg(long, env = "KVNODE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// Admin bearer token, given literally. Prefer --admin-token-file: a literal shows in the process
+    /// list and the environment.
+    #[arg(
+        long,
+        env = "KVNODE_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token: Option<Secret>,
+
+    /// File of the admin bearer token: one token per line (several while rotating), trimmed, empty
+    /// lines ignored; re-read when it changes. The admin token may use every route. Without any token
+    /// configured the admin routes are open; with only data tokens they are closed.
+    #[arg(long, env = "KVNODE_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// File of the read-only data tokens (same format): they may GET keys, nothing else. With a read
+    /// or write token file, the /v1/kv routes need a token; without, they are open.
+    #[arg(long, env = "KVNODE_READ_TOKEN_FILE", value_name = "FILE")]
+    pub read_token_file: Option<PathBuf>,
+
+    /// File of the read-write data tokens (same format): they may GET, PUT and DELETE keys.
+    #[arg(long, env = "KVNODE_WRITE_TOKEN_FILE", value_name = "FILE")]
+    pub write_token_file: Option<PathBuf>,
+
+    /// Require a token on /metrics: the admin token or a data token (otherwise it is open).
+    #[arg(long, env = "KVNODE_METRICS_AUTH", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true", value_name = "BOOL")]
+    pub metrics_auth: bool,
 
     /// When writes reach the disk: `fsync` syncs each write before acknowledging it; `periodic`
     /// syncs the write-ahead log every --wal-sync-interval (a process crash loses nothing, a machine
@@ -329,6 +356,53 @@ mod tests {
         );
         assert!(parse(&["kvnode", "--data-dir", "d", "--hint-ttl", "0s"]).is_err());
         assert!(parse(&["kvnode", "--data-dir", "d", "--max-hints-per-target", "0"]).is_err());
+    }
+
+    #[test]
+    fn token_settings_parse_and_never_show() {
+        let c = parse(&[
+            "kvnode",
+            "--data-dir",
+            "d",
+            "--admin-token",
+            "s3cret-literal",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.admin_token.as_ref().map(Secret::expose),
+            Some("s3cret-literal")
+        );
+        assert!(!format!("{c:?}").contains("s3cret-literal"));
+        assert!(!c.metrics_auth);
+        let c = parse(&["kvnode", "--data-dir", "d", "--metrics-auth"]).unwrap();
+        assert!(c.metrics_auth);
+        let c = parse(&["kvnode", "--data-dir", "d", "--metrics-auth=false"]).unwrap();
+        assert!(!c.metrics_auth);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "metrics-auth = true\nread-token-file = \"/r\"\n").unwrap();
+        let c = parse(&[
+            "kvnode",
+            "--data-dir",
+            "d",
+            "--config",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert!(c.metrics_auth);
+        assert_eq!(c.read_token_file, Some(PathBuf::from("/r")));
+        assert!(
+            parse(&[
+                "kvnode",
+                "--data-dir",
+                "d",
+                "--admin-token",
+                "t",
+                "--admin-token-file",
+                "f"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -117,9 +117,15 @@ pub enum Error {
     /// sender follows an older config.
     #[error("not an owner: {0}")]
     NotOwner(String),
-    /// The admin token is missing or wrong.
-    #[error("admin token missing or wrong")]
+    /// The route needs a bearer token and the request has none, or one that is not configured.
+    #[error("this route needs a valid token: send Authorization: Bearer TOKEN")]
     Unauthorized,
+    /// The bearer token is valid but may not do this.
+    #[error("this token may not {0}")]
+    Forbidden(&'static str),
+    /// A token file or token setting is unusable (at start).
+    #[error("bad token setting: {0}")]
+    BadToken(String),
     /// A broken invariant or a failed background task.
     #[error("internal error: {0}")]
     Internal(String),

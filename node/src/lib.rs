@@ -44,6 +44,7 @@ use crate::storage::{Durability, Storage};
 /// Opens storage, binds the listener, prints `kvnode listening on http://ADDR` on stdout and serves
 /// until `shutdown` resolves; then drains connections and syncs the write-ahead log.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let auth = Arc::new(http::auth::Authorizer::load(&config)?);
     let metrics = Arc::new(Metrics::new());
     let max_value_bytes = usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX);
     let max_record_bytes =
@@ -144,6 +145,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tokio::spawn(antientropy.run()),
         tokio::spawn(transfers.clone().run()),
     ];
+    let token_reload = auth
+        .watches_files()
+        .then(|| tokio::spawn(auth.clone().reload_forever()));
     let node = Arc::new(Node {
         coordinator: Coordinator::new(
             membership.clone(),
@@ -163,7 +167,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         body_read_timeout: *config.body_read_timeout,
         max_peer_message_bytes,
         max_requests_in_flight: config.max_requests_in_flight as usize,
-        admin_token: config.admin_token.clone(),
+        auth,
         ready: AtomicBool::new(false),
     });
     let wal_sync = (config.durability == Durability::Periodic).then(|| {
@@ -194,7 +198,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     for task in background {
         task.abort();
     }
-    if let Some(task) = wal_sync {
+    for task in [wal_sync, token_reload].into_iter().flatten() {
         task.abort();
     }
     replica.sync_wal().await

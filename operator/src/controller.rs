@@ -224,10 +224,13 @@ async fn admin_token(client: &Client, ns: &str, kvc: &KVCluster) -> Result<Optio
         .ok_or_else(|| {
             Error::AdminToken(format!("Secret {} has no key {}", sref.name, sref.key))
         })?;
-    let token = String::from_utf8(bytes.0).map_err(|_| {
+    let text = String::from_utf8(bytes.0).map_err(|_| {
         Error::AdminToken(format!("key {} of {} is not UTF-8", sref.key, sref.name))
     })?;
-    Ok(Some(token.trim().to_string()))
+    // Read exactly as the node reads the mounted file; while rotating, the first line is the one sent.
+    let tokens = kvapi::parse_tokens(&text)
+        .map_err(|e| Error::AdminToken(format!("key {} of Secret {}: {e}", sref.key, sref.name)))?;
+    Ok(tokens.first().map(|t| (*t).to_string()))
 }
 
 async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Result<Action> {

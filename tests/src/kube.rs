@@ -403,7 +403,7 @@ impl ControlPlane {
     }
 
     async fn wait_etcd(&mut self, port: u16) {
-        let http = reqwest::Client::builder()
+        let http = crate::http_client_builder()
             .timeout(Duration::from_secs(2))
             .build()
             .expect("http client");

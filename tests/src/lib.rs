@@ -561,6 +561,13 @@ impl std::fmt::Display for Resp {
     }
 }
 
+/// A reqwest client builder. reqwest is built with rustls and no default crypto provider (kvclient
+/// configures its own), so this installs ring's as the process default first.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// A reqwest-based client for one node.
 #[derive(Debug, Clone)]
 pub struct KvClient {
@@ -576,7 +583,7 @@ impl KvClient {
 
     /// A client with its own request timeout.
     pub fn with_timeout(base: &str, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+        let http = http_client_builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
             .no_proxy()

@@ -21,7 +21,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::{EXIT_REFUSED, EXIT_UNREACHABLE, local_failure, stderr_line, stdout_bytes};
+use crate::{Access, EXIT_REFUSED, EXIT_UNREACHABLE, local_failure, stderr_line, stdout_bytes};
 
 /// Largest `--keys`.
 const MAX_KEYS: u64 = 100_000_000;
@@ -384,9 +384,11 @@ pub(crate) fn error_kind(error: &Error) -> String {
         Error::Http(e) if e.is_connect() => "connect".to_owned(),
         Error::Http(_) => "transport".to_owned(),
         Error::InvalidResponse(_) => "invalid response".to_owned(),
-        Error::BadEndpoint { .. } | Error::InvalidKey(_) | Error::InvalidContext(_) => {
-            "client".to_owned()
-        }
+        Error::BadEndpoint { .. }
+        | Error::InvalidKey(_)
+        | Error::InvalidContext(_)
+        | Error::BadToken(_)
+        | Error::Tls(_) => "client".to_owned(),
     }
 }
 
@@ -432,8 +434,7 @@ pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, Str
     }
     let mut normalised = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
-        let client = Client::new(&endpoint).map_err(|e| e.to_string())?;
-        normalised.push(client.endpoint().to_owned());
+        normalised.push(kvclient::normalise_endpoint(&endpoint).map_err(|e| e.to_string())?);
     }
     if !(0.0..=1.0).contains(&args.read_ratio) {
         return Err(format!(
@@ -866,7 +867,7 @@ pub(crate) fn format_report(report: &BenchReport) -> String {
 }
 
 /// Runs `kvctl bench`.
-pub(crate) async fn run(default_endpoint: &str, args: BenchArgs) -> ExitCode {
+pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs) -> ExitCode {
     let plan = match plan(&args, default_endpoint) {
         Ok(plan) => plan,
         Err(e) => {
@@ -874,9 +875,14 @@ pub(crate) async fn run(default_endpoint: &str, args: BenchArgs) -> ExitCode {
             return ExitCode::from(EXIT_REFUSED);
         }
     };
-    let mut clients = Vec::with_capacity(plan.endpoints.len());
+    // One connection pool and TLS setup, shared by a client per endpoint.
+    let mut clients: Vec<Client> = Vec::with_capacity(plan.endpoints.len());
     for endpoint in &plan.endpoints {
-        match Client::with_timeout(endpoint, plan.timeout) {
+        let client = match clients.first() {
+            Some(first) => first.at(endpoint),
+            None => access.client(endpoint).timeout(plan.timeout).build(),
+        };
+        match client {
             Ok(client) => clients.push(client),
             Err(e) => return crate::fail(&e),
         }

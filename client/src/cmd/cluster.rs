@@ -175,7 +175,7 @@ async fn change(
     let settled = wait_settled(client, installed.epoch, deadline).await?;
     println!("ring settled at epoch {}", settled.epoch);
     if let (Some(id), Some(address)) = (removed, removed_address) {
-        let leaving = Client::new(&address)?;
+        let leaving = client.at(&address)?;
         leaving.drain().await?;
         loop {
             let status = leaving.status().await?;
@@ -243,7 +243,7 @@ async fn member_statuses(
     }
     let mut out = Vec::new();
     for member in members {
-        let status = match Client::new(&member.address) {
+        let status = match client.at(&member.address) {
             Ok(c) => c.status().await,
             Err(e) => Err(e),
         };

@@ -2,13 +2,15 @@
 //!
 //! - `kv`: the public key-value routes, which parse and validate requests and call the coordinator;
 //! - `admin`: health, metrics and the `/admin/v1/` routes;
-//! - `peer`: peer RPC, one message in and one answer out.
+//! - `peer`: peer RPC, one message in and one answer out;
+//! - `auth`: the bearer tokens, checked in front of every route.
 //!
 //! This module holds what they share, and is the one place where [`Error`]s become HTTP statuses.
 //! Key-value and peer routes reach data only through the coordinator and the replica; the admin
 //! routes read storage for digests and the hint count.
 
 mod admin;
+pub mod auth;
 mod in_flight;
 mod kv;
 mod peer;
@@ -77,8 +79,8 @@ pub struct Node {
     pub max_peer_message_bytes: usize,
     /// Most requests handled at once, health probes aside.
     pub max_requests_in_flight: usize,
-    /// Bearer token required on admin routes, when set.
-    pub admin_token: Option<String>,
+    /// Which bearer token may use which route.
+    pub auth: Arc<auth::Authorizer>,
     /// False while starting or shutting down: readiness and key routes answer 503.
     pub ready: AtomicBool,
 }
@@ -119,6 +121,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(kvapi::ADMIN_DRAIN, any(admin::admin_drain))
         .route(rpc::RPC_PATH, any(peer::peer_rpc))
         .fallback(no_route)
+        // The outermost layer runs first: the in-flight bound also holds back unauthenticated floods.
+        .layer(from_fn_with_state(node.auth.clone(), auth::require))
         .layer(from_fn_with_state(bound, in_flight::bound_in_flight))
         .with_state(node)
 }
@@ -260,6 +264,7 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
         Error::BadConfig(_) => (StatusCode::BAD_REQUEST, codes::BAD_CONFIG),
         Error::Rpc(_) => (StatusCode::BAD_REQUEST, codes::BAD_RPC),
         Error::Unauthorized => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
+        Error::Forbidden(_) => (StatusCode::FORBIDDEN, codes::FORBIDDEN),
         Error::NoRoute(_) | Error::KeyNotFound => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
         Error::MethodNotAllowed { .. } => {
             (StatusCode::METHOD_NOT_ALLOWED, codes::METHOD_NOT_ALLOWED)
@@ -279,7 +284,7 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
             (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
         }
         Error::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::CORRUPT_RECORD),
-        Error::Storage(_) | Error::Internal(_) | Error::Remote { .. } => {
+        Error::Storage(_) | Error::Internal(_) | Error::BadToken(_) | Error::Remote { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL)
         }
     };

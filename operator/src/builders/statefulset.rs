@@ -13,9 +13,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
     WeightedPodAffinityTerm,
 };
@@ -41,6 +41,14 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 120;
 pub const NODE_SHUTDOWN_GRACE: &str = "30s";
 /// Name of the data volume claim template (the PVCs are `data-<pod>`).
 pub const DATA_VOLUME: &str = "data";
+
+/// Name of the volume of the admin token Secret.
+pub const ADMIN_TOKEN_VOLUME: &str = "admin-token";
+/// Where the admin token Secret is mounted in the pod (beside the ConfigMap, not inside its
+/// read-only mount).
+pub const ADMIN_TOKEN_DIR: &str = "/etc/kvcluster-admin-token";
+/// The admin token's file in [`ADMIN_TOKEN_DIR`], whatever the Secret's key is called.
+pub const ADMIN_TOKEN_FILE: &str = "token";
 
 /// The cache size in the node's spelling: Kubernetes binary suffixes become `KiB`/`MiB`/`GiB`.
 pub fn node_cache_size(quantity: &str) -> String {
@@ -89,21 +97,44 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
         env("KVNODE_PARTITIONS", s.partitions.to_string()),
         env("KVNODE_SHUTDOWN_GRACE", NODE_SHUTDOWN_GRACE),
     ];
-    if let Some(secret) = &s.admin_token_secret_ref {
-        vars.push(EnvVar {
-            name: "KVNODE_ADMIN_TOKEN".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: secret.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        });
+    if s.admin_token_secret_ref.is_some() {
+        vars.push(env(
+            "KVNODE_ADMIN_TOKEN_FILE",
+            format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_FILE}"),
+        ));
     }
     vars
+}
+
+/// The admin token Secret as a volume holding one file, [`ADMIN_TOKEN_FILE`], and its read-only
+/// mount at [`ADMIN_TOKEN_DIR`]. A mounted file (not an environment variable) keeps the token out of
+/// the pod spec's environment and lets a rotated Secret reach the running node, which re-reads it.
+/// No `subPath`: the kubelet only refreshes whole-volume mounts.
+fn admin_token_volume(kvc: &KVCluster) -> Option<(Volume, VolumeMount)> {
+    let secret = kvc.spec.admin_token_secret_ref.as_ref()?;
+    let volume = Volume {
+        name: ADMIN_TOKEN_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: secret.key.clone(),
+                path: ADMIN_TOKEN_FILE.into(),
+                ..KeyToPath::default()
+            }]),
+            // Owner and the pod's fsGroup may read it; nobody may write it.
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: ADMIN_TOKEN_VOLUME.into(),
+        mount_path: ADMIN_TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
 }
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
@@ -123,7 +154,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 
 fn container(kvc: &KVCluster) -> Container {
     let s = &kvc.spec;
-    Container {
+    let mut container = Container {
         name: "kvnode".into(),
         image: Some(s.image.clone()),
         image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_string()),
@@ -180,7 +211,14 @@ fn container(kvc: &KVCluster) -> Container {
             },
         ]),
         ..Container::default()
+    };
+    if let Some((_, mount)) = admin_token_volume(kvc) {
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(mount);
     }
+    container
 }
 
 fn runtime_default() -> SeccompProfile {
@@ -227,7 +265,7 @@ fn placement(kvc: &KVCluster) -> (Affinity, Vec<TopologySpreadConstraint>) {
 pub fn build(kvc: &KVCluster, replicas: u32) -> StatefulSet {
     let s = &kvc.spec;
     let (affinity, spread) = placement(kvc);
-    let pod_spec = PodSpec {
+    let mut pod_spec = PodSpec {
         containers: vec![container(kvc)],
         affinity: Some(affinity),
         topology_spread_constraints: Some(spread),
@@ -270,6 +308,9 @@ pub fn build(kvc: &KVCluster, replicas: u32) -> StatefulSet {
         ]),
         ..PodSpec::default()
     };
+    if let Some((volume, _)) = admin_token_volume(kvc) {
+        pod_spec.volumes.get_or_insert_with(Vec::new).push(volume);
+    }
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(DATA_VOLUME.into()),
@@ -404,18 +445,57 @@ mod tests {
     }
 
     #[test]
-    fn admin_token_comes_from_the_named_secret() {
+    fn admin_token_is_the_named_secret_mounted_as_a_file() {
         let mut k = kvc(3, 3, 2, 2);
         k.spec.admin_token_secret_ref = Some(SecretKeyRef {
             name: "kv-admin".into(),
-            key: "token".into(),
+            key: "admin.txt".into(),
         });
         let p = pod(&build(&k, 3));
-        let sel = env_of(&p.containers[0], "KVNODE_ADMIN_TOKEN")
-            .and_then(|e| e.value_from)
-            .and_then(|v| v.secret_key_ref);
-        assert_eq!(sel.as_ref().map(|s| s.name.as_str()), Some("kv-admin"));
-        assert_eq!(sel.map(|s| s.key), Some("token".to_string()));
+        let c = &p.containers[0];
+        // The token itself never appears in the pod spec, not even as a Secret reference in env.
+        assert_eq!(env_of(c, "KVNODE_ADMIN_TOKEN"), None);
+        assert_eq!(
+            value_of(c, "KVNODE_ADMIN_TOKEN_FILE").as_deref(),
+            Some("/etc/kvcluster-admin-token/token")
+        );
+        let volume = p
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == ADMIN_TOKEN_VOLUME)
+            .and_then(|v| v.secret)
+            .unwrap_or_default();
+        assert_eq!(volume.secret_name.as_deref(), Some("kv-admin"));
+        let items = volume.items.unwrap_or_default();
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("admin.txt", "token")
+        );
+        assert_eq!(volume.default_mode, Some(0o440));
+        let mount = c
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.name == ADMIN_TOKEN_VOLUME)
+            .unwrap_or_default();
+        assert_eq!(mount.mount_path, ADMIN_TOKEN_DIR);
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(
+            mount.sub_path, None,
+            "a subPath mount never sees a rotated Secret"
+        );
+
+        let p = pod(&build(&kvc(3, 3, 2, 2), 3));
+        assert!(
+            !p.volumes
+                .unwrap_or_default()
+                .iter()
+                .any(|v| v.name == ADMIN_TOKEN_VOLUME)
+        );
+        assert_eq!(value_of(&p.containers[0], "KVNODE_ADMIN_TOKEN_FILE"), None);
     }
 
     #[test]
