@@ -114,8 +114,11 @@ impl HintLedger {
         let mut corrupt = WriteBatch::default();
         for item in db.iterator_cf(cf, IteratorMode::Start) {
             let (key, value) = item?;
-            match split_hint_key(&key).and_then(|k| Ok((k, decode_hint(&value)?))) {
-                Ok(((target, sequence), hint)) => {
+            let decoded = split_hint_key(&key).and_then(|(target, sequence)| {
+                decode_hint(&value).map(|hint| (target, sequence, hint))
+            });
+            match decoded {
+                Ok((target, sequence, hint)) => {
                     totals.add(&target, hint.partition, value.len() as u64);
                     last = last.max(sequence);
                 }
@@ -195,9 +198,9 @@ impl Storage {
         }
         let sequence = self.hints.next_sequence();
         let written = self.cf(HINTS_CF).and_then(|cf| {
-            Ok(self
-                .db
-                .put_cf_opt(cf, hint_key(target, sequence), value, &self.write_options)?)
+            self.db
+                .put_cf_opt(cf, hint_key(target, sequence), value, &self.write_options)
+                .map_err(Error::from)
         });
         if written.is_err() {
             self.hints
