@@ -116,8 +116,11 @@ impl HintLedger {
         let mut corrupt = WriteBatch::default();
         for item in db.iterator_cf(cf, IteratorMode::Start) {
             let (key, value) = item?;
-            match split_hint_key(&key).and_then(|k| Ok((k, decode_hint(&value)?))) {
-                Ok(((target, sequence), hint)) => {
+            let decoded = split_hint_key(&key).and_then(|(target, sequence)| {
+                decode_hint(&value).map(|hint| (target, sequence, hint))
+            });
+            match decoded {
+                Ok((target, sequence, hint)) => {
                     totals.add(&target, hint.partition, value.len() as u64);
                     last = last.max(sequence);
                 }
