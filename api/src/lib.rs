@@ -124,8 +124,14 @@ pub const ADMIN_DRAIN: &str = "/admin/v1/drain";
 pub struct Member {
     /// Stable node id (the StatefulSet pod name on Kubernetes).
     pub id: String,
-    /// `host:port` of the member's HTTP port, reachable from the other members.
+    /// `host:port` of the member's client HTTP port (the key-value and admin routes).
     pub address: String,
+    /// `host:port` of the member's peer port (`kvnode --peer-listen`), where the other members send
+    /// peer RPC. With peer TLS, the host is also the name the member's certificate must carry.
+    /// Required: a config whose member lacks it is refused by [`ClusterConfig::validate`] (it
+    /// defaults to empty only so that the refusal can say what is missing).
+    #[serde(default)]
+    pub peer_address: String,
 }
 
 /// The one source of truth about a cluster; the highest `epoch` wins.
@@ -175,7 +181,7 @@ pub struct PriorRing {
 
 impl ClusterConfig {
     /// Checks the config's own consistency: quorums within 1..=N, at least one member, unique ids
-    /// and addresses, a power-of-two partition count, at least one vnode.
+    /// and addresses, a peer address for every member, a power-of-two partition count, at least one vnode.
     pub fn validate(&self) -> Result<(), String> {
         if self.cluster.is_empty() {
             return Err("cluster name is empty".into());
@@ -239,9 +245,16 @@ fn validate_members(members: &[Member]) -> Result<(), String> {
         if m.id.is_empty() || m.address.is_empty() {
             return Err(format!("member {i} has an empty id or address"));
         }
+        if m.peer_address.is_empty() {
+            return Err(format!(
+                "member {} has no peer_address: every member needs the host:port of its peer port \
+                 (kvnode --peer-listen)",
+                m.id
+            ));
+        }
         if members[..i]
             .iter()
-            .any(|o| o.id == m.id || o.address == m.address)
+            .any(|o| o.id == m.id || o.address == m.address || o.peer_address == m.peer_address)
         {
             return Err(format!("member {} appears twice", m.id));
         }
@@ -352,4 +365,44 @@ pub struct PeerStatus {
     pub alive: bool,
     /// Milliseconds since the last successful exchange, if there was one.
     pub last_seen_ms_ago: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config_json(members: &str) -> String {
+        format!(
+            r#"{{"cluster":"c","epoch":1,"members":[{members}],"n":1,"w":1,"r":1,
+                "partitions":256,"vnodes":64}}"#
+        )
+    }
+
+    #[test]
+    fn a_member_without_a_peer_address_is_refused_by_name() {
+        let old = config_json(r#"{"id":"kv-0","address":"h:8080"}"#);
+        let config: ClusterConfig = serde_json::from_str(&old).unwrap();
+        let refused = config.validate().unwrap_err();
+        assert!(refused.contains("kv-0 has no peer_address"), "{refused}");
+        let new = config_json(r#"{"id":"kv-0","address":"h:8080","peer_address":"h:7070"}"#);
+        let config: ClusterConfig = serde_json::from_str(&new).unwrap();
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn two_members_may_not_share_a_peer_address() {
+        let twins = config_json(
+            r#"{"id":"kv-0","address":"h:8080","peer_address":"h:7070"},
+               {"id":"kv-1","address":"h:8081","peer_address":"h:7070"}"#,
+        );
+        let config: ClusterConfig = serde_json::from_str(&twins).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("kv-1 appears twice")
+        );
+    }
 }

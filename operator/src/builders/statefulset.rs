@@ -24,8 +24,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{
-    CLUSTER_JSON, CONFIG_DIR, DATA_DIR, NODE_PORT, PORT_NAME, configmap_name,
-    headless_service_name, labels, owned_meta, selector_labels,
+    CLUSTER_JSON, CONFIG_DIR, DATA_DIR, NODE_PORT, PEER_PORT, PEER_PORT_NAME, PORT_NAME,
+    configmap_name, headless_service_name, labels, owned_meta, selector_labels,
 };
 use crate::crd::KVCluster;
 
@@ -74,6 +74,7 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
             ..EnvVar::default()
         },
         env("KVNODE_LISTEN", format!("0.0.0.0:{NODE_PORT}")),
+        env("KVNODE_PEER_LISTEN", format!("0.0.0.0:{PEER_PORT}")),
         env("KVNODE_DATA_DIR", DATA_DIR),
         env(
             "KVNODE_CLUSTER_CONFIG",
@@ -97,6 +98,11 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
             }),
             ..EnvVar::default()
         });
+    } else {
+        // A node bound to 0.0.0.0 with neither an admin token nor peer TLS refuses to start
+        // without this. The operator does not configure peer TLS yet: until it does, a cluster
+        // without an admin token runs exposed, as it did before the guard existed.
+        vars.push(env("KVNODE_INSECURE", "true"));
     }
     vars
 }
@@ -124,12 +130,20 @@ fn container(kvc: &KVCluster) -> Container {
         image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec!["kvnode".into()]),
         env: Some(node_env(kvc)),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: i32::from(NODE_PORT),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(PORT_NAME.into()),
+                container_port: i32::from(NODE_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(PEER_PORT_NAME.into()),
+                container_port: i32::from(PEER_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         resources: s.resources.clone(),
         // Opening RocksDB after a crash replays the WAL: give it up to 10 minutes before the
         // liveness probe may kill the pod.
@@ -372,6 +386,21 @@ mod tests {
             value_of(c, "KVNODE_LISTEN").as_deref(),
             Some("0.0.0.0:8080")
         );
+        assert_eq!(
+            value_of(c, "KVNODE_PEER_LISTEN").as_deref(),
+            Some("0.0.0.0:7070")
+        );
+        let ports: Vec<(Option<String>, i32)> = c
+            .ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.name, p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [(Some("http".into()), 8080), (Some("peer".into()), 7070)]
+        );
         assert_eq!(value_of(c, "KVNODE_DATA_DIR").as_deref(), Some("/data"));
         assert_eq!(
             value_of(c, "KVNODE_CLUSTER_CONFIG").as_deref(),
@@ -381,6 +410,11 @@ mod tests {
         assert_eq!(value_of(c, "KVNODE_CACHE_SIZE").as_deref(), Some("1GiB"));
         assert_eq!(value_of(c, "KVNODE_PARTITIONS").as_deref(), Some("1024"));
         assert_eq!(env_of(c, "KVNODE_ADMIN_TOKEN"), None);
+        assert_eq!(
+            value_of(c, "KVNODE_INSECURE").as_deref(),
+            Some("true"),
+            "without a token or peer TLS, a node on 0.0.0.0 starts only when told it may"
+        );
     }
 
     #[test]
@@ -396,6 +430,7 @@ mod tests {
             .and_then(|v| v.secret_key_ref);
         assert_eq!(sel.as_ref().map(|s| s.name.as_str()), Some("kv-admin"));
         assert_eq!(sel.map(|s| s.key), Some("token".to_string()));
+        assert_eq!(env_of(&p.containers[0], "KVNODE_INSECURE"), None);
     }
 
     #[test]
