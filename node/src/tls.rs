@@ -227,13 +227,13 @@ impl PeerFiles {
             .with_single_cert(chain.clone(), key_der.clone_key())
             .map_err(mismatch)?;
         server.alpn_protocols = vec![PEER_ALPN.to_vec()];
-        let mut client = ClientConfig::builder_with_provider(provider())
+        // No ALPN here: the peer client's connector sets `h2` itself (and refuses a preset list).
+        let client = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key_der)
             .map_err(mismatch)?;
-        client.alpn_protocols = vec![PEER_ALPN.to_vec()];
         Ok(PeerTls {
             server: Arc::new(server),
             client: Arc::new(client),
