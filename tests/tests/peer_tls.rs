@@ -442,7 +442,7 @@ async fn over_tls_the_header_and_idle_timeouts_close_connections() {
 #[tokio::test]
 async fn an_exposed_node_without_a_guard_refuses_to_start_unless_insecure() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(kvnode_bin())
+    let mut child = Command::new(kvnode_bin())
         .args([
             "--listen",
             "0.0.0.0:0",
@@ -454,8 +454,20 @@ async fn an_exposed_node_without_a_guard_refuses_to_start_unless_insecure() {
         .env_remove("KVNODE_INSECURE")
         .env_remove("KVNODE_ADMIN_TOKEN")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvnode started on 0.0.0.0 with no admin token, no peer TLS and no --insecure");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "started exposed: {stderr}");
     assert!(
