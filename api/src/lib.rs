@@ -189,8 +189,14 @@ pub const ADMIN_DRAIN: &str = "/admin/v1/drain";
 pub struct Member {
     /// Stable node id (the StatefulSet pod name on Kubernetes).
     pub id: String,
-    /// `host:port` of the member's HTTP port, reachable from the other members.
+    /// `host:port` of the member's client HTTP port (the key-value and admin routes).
     pub address: String,
+    /// `host:port` of the member's peer port (`kvnode --peer-listen`), where the other members send
+    /// peer RPC. With peer TLS, the host is also the name the member's certificate must carry.
+    /// Required: a config whose member lacks it is refused by [`ClusterConfig::validate`] (it
+    /// defaults to empty only so that the refusal can say what is missing).
+    #[serde(default)]
+    pub peer_address: String,
 }
 
 /// Most members a ring may have (in the current ring and, during a change, in the ring being left).
@@ -253,8 +259,8 @@ pub struct PriorRing {
 
 impl ClusterConfig {
     /// Checks the config's own consistency: quorums within 1..=N, 1..=[`MAX_MEMBERS`] members with
-    /// unique DNS-label ids and unique bounded addresses, a power-of-two partition count, 1..=4096
-    /// vnodes and at most [`MAX_RING_TOKENS`] tokens, an epoch up to [`MAX_EPOCH`].
+    /// unique DNS-label ids, unique bounded addresses and a peer address each, a power-of-two partition
+    /// count, 1..=4096 vnodes and at most [`MAX_RING_TOKENS`] tokens, an epoch up to [`MAX_EPOCH`].
     pub fn validate(&self) -> Result<(), String> {
         if self.cluster.is_empty() {
             return Err("cluster name is empty".into());
@@ -345,20 +351,33 @@ fn validate_members(members: &[Member], vnodes: u32) -> Result<(), String> {
                 truncated(&m.id)
             ));
         }
-        if m.address.len() > MAX_ADDRESS_BYTES || !m.address.bytes().all(is_address_byte) {
+        check_address(&m.id, "address", &m.address)?;
+        check_address(&m.id, "peer_address", &m.peer_address)?;
+        if m.peer_address.is_empty() {
             return Err(format!(
-                "member {} has address {:?}: addresses are up to {MAX_ADDRESS_BYTES} bytes of \
-                 letters, digits and '.-_:[]'",
-                m.id,
-                truncated(&m.address)
+                "member {} has no peer_address: every member needs the host:port of its peer port \
+                 (kvnode --peer-listen)",
+                m.id
             ));
         }
         if members[..i]
             .iter()
-            .any(|o| o.id == m.id || o.address == m.address)
+            .any(|o| o.id == m.id || o.address == m.address || o.peer_address == m.peer_address)
         {
             return Err(format!("member {} appears twice", m.id));
         }
+    }
+    Ok(())
+}
+
+/// Refuses an address longer than [`MAX_ADDRESS_BYTES`] or with bytes no host:port has.
+fn check_address(id: &str, field: &str, address: &str) -> Result<(), String> {
+    if address.len() > MAX_ADDRESS_BYTES || !address.bytes().all(is_address_byte) {
+        return Err(format!(
+            "member {id} has {field} {:?}: addresses are up to {MAX_ADDRESS_BYTES} bytes of \
+             letters, digits and '.-_:[]'",
+            truncated(address)
+        ));
     }
     Ok(())
 }
@@ -504,6 +523,7 @@ mod tests {
                 .map(|i| Member {
                     id: format!("kv-{i}"),
                     address: format!("10.0.{}.{}:8080", i / 256, i % 256),
+                    peer_address: format!("10.0.{}.{}:7070", i / 256, i % 256),
                 })
                 .collect(),
             n: 1,
@@ -579,5 +599,38 @@ mod tests {
         let secret = Secret::from("hunter2".to_owned());
         assert_eq!(secret.expose(), "hunter2");
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    fn config_json(members: &str) -> String {
+        format!(
+            r#"{{"cluster":"c","epoch":1,"members":[{members}],"n":1,"w":1,"r":1,
+                "partitions":256,"vnodes":64}}"#
+        )
+    }
+
+    #[test]
+    fn a_member_without_a_peer_address_is_refused_by_name() {
+        let old = config_json(r#"{"id":"kv-0","address":"h:8080"}"#);
+        let config: ClusterConfig = serde_json::from_str(&old).unwrap();
+        let refused = config.validate().unwrap_err();
+        assert!(refused.contains("kv-0 has no peer_address"), "{refused}");
+        let new = config_json(r#"{"id":"kv-0","address":"h:8080","peer_address":"h:7070"}"#);
+        let config: ClusterConfig = serde_json::from_str(&new).unwrap();
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn two_members_may_not_share_a_peer_address() {
+        let twins = config_json(
+            r#"{"id":"kv-0","address":"h:8080","peer_address":"h:7070"},
+               {"id":"kv-1","address":"h:8081","peer_address":"h:7070"}"#,
+        );
+        let config: ClusterConfig = serde_json::from_str(&twins).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .contains("kv-1 appears twice")
+        );
     }
 }

@@ -11,6 +11,7 @@ use humantime::Duration;
 use kvapi::Secret;
 
 use crate::storage::Durability;
+use crate::tls::{ClientPortFiles, PeerFiles};
 
 /// Default of `--max-siblings`.
 pub const DEFAULT_MAX_SIBLINGS: u16 = 64;
@@ -27,9 +28,45 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_NODE_ID", default_value = "kv-0")]
     pub node_id: String,
 
-    /// Address of the client and peer HTTP port. Port 0 picks a free port (printed at start).
+    /// Address of the client HTTP port (key-value, admin, health and metrics routes). Port 0 picks a
+    /// free port (printed at start).
     #[arg(long, env = "KVNODE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Address of the peer port, the only place peer RPC is served (other members reach it at this
+    /// node's `peer_address` in the cluster config). Port 0 picks a free port (printed at start).
+    #[arg(long, env = "KVNODE_PEER_LISTEN", default_value = "127.0.0.1:7070")]
+    pub peer_listen: SocketAddr,
+
+    /// The cluster CA (PEM) for mutual TLS between peers: the peer port accepts only clients with a
+    /// certificate it signed, and peers' servers must present one. Give all three --peer-tls-*
+    /// files or none (none: the peer port speaks plain HTTP/2). Files are re-read when they change.
+    #[arg(long, env = "KVNODE_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+
+    /// This node's certificate chain (PEM) for peer TLS, presented as server and as client. Its
+    /// names must include the host of this node's `peer_address` (DNS name or IP SAN).
+    #[arg(long, env = "KVNODE_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// This node's private key (PEM) for peer TLS.
+    #[arg(long, env = "KVNODE_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// Certificate chain (PEM) of the client port: with --tls-key, the client port speaks HTTPS
+    /// only (HTTP/1.1 and HTTP/2 by ALPN). Files are re-read when they change.
+    #[arg(long, env = "KVNODE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the client port's certificate.
+    #[arg(long, env = "KVNODE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Allow binding a non-loopback client or peer address with neither an admin token nor peer
+    /// TLS, where anyone on the network could change the cluster config and send peer messages.
+    #[arg(long, env = "KVNODE_INSECURE", num_args = 0..=1, default_value_t = false,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub insecure: bool,
 
     /// Local address that connections to peers leave from (default: the system's choice). Lets
     /// nodes sharing one host keep distinct source addresses, so firewall rules can tell them apart.
@@ -239,13 +276,70 @@ impl NodeConfig {
                 self.tombstone_grace
             )));
         }
-        Ok(())
+        self.peer_tls().map_err(invalid)?;
+        self.client_tls().map_err(invalid)?;
+        self.check_exposure().map_err(invalid)
     }
 
     /// The hint TTL: `--hint-ttl`, or half the tombstone grace.
     pub fn hint_ttl(&self) -> std::time::Duration {
         self.hint_ttl
             .map_or_else(|| *self.tombstone_grace / 2, |ttl| *ttl)
+    }
+
+    /// Whether the admin routes require a token.
+    pub fn admin_token_configured(&self) -> bool {
+        self.admin_token.is_some() || self.admin_token_file.is_some()
+    }
+
+    /// The peer TLS files, when all three are given; a partial set is an error.
+    pub fn peer_tls(&self) -> Result<Option<PeerFiles>, String> {
+        match (&self.peer_tls_ca, &self.peer_tls_cert, &self.peer_tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(PeerFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err(
+                "peer TLS needs all three of --peer-tls-ca, --peer-tls-cert and \
+                      --peer-tls-key (or none of them)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The client port's TLS files, when both are given; one without the other is an error.
+    pub fn client_tls(&self) -> Result<Option<ClientPortFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(ClientPortFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            _ => Err("client TLS needs both --tls-cert and --tls-key (or neither)".into()),
+        }
+    }
+
+    /// Refuses a non-loopback client or peer address when nothing guards the node: no admin token
+    /// and no peer TLS, unless `--insecure` accepts that.
+    fn check_exposure(&self) -> Result<(), String> {
+        let guarded = self.admin_token_configured() || self.peer_tls_ca.is_some();
+        if guarded || self.insecure {
+            return Ok(());
+        }
+        match [self.listen, self.peer_listen]
+            .into_iter()
+            .find(|a| !a.ip().is_loopback())
+        {
+            None => Ok(()),
+            Some(exposed) => Err(format!(
+                "refusing to listen on {exposed}, which is not a loopback address, with no admin \
+                 token and no peer TLS: anyone who reaches it could rewrite the cluster config and \
+                 send peer messages. Set --admin-token and the --peer-tls-* files, or pass \
+                 --insecure (KVNODE_INSECURE=true) to run exposed anyway"
+            )),
+        }
     }
 }
 
@@ -339,6 +433,67 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/from-file"));
         assert_eq!(c.max_siblings, 9);
         assert_eq!(c.cache_size.as_u64(), 1024 * 1024);
+    }
+
+    /// `kvnode --data-dir d` plus `extra`.
+    fn with(extra: &[&str]) -> Result<NodeConfig, clap::Error> {
+        parse(&[&["kvnode", "--data-dir", "d"][..], extra].concat())
+    }
+
+    #[test]
+    fn tls_files_come_complete_or_not_at_all() {
+        assert_eq!(with(&[]).unwrap().peer_tls(), Ok(None));
+        let partial = with(&["--peer-tls-ca", "ca.pem", "--peer-tls-cert", "c.pem"]);
+        assert!(partial.unwrap_err().to_string().contains("all three"));
+        let full = with(&[
+            "--peer-tls-ca",
+            "a",
+            "--peer-tls-cert",
+            "b",
+            "--peer-tls-key",
+            "c",
+        ]);
+        assert!(full.unwrap().peer_tls().unwrap().is_some());
+        assert!(
+            with(&["--tls-cert", "c.pem"])
+                .unwrap_err()
+                .to_string()
+                .contains("--tls-key")
+        );
+        assert!(
+            with(&["--tls-cert", "c", "--tls-key", "k"])
+                .unwrap()
+                .client_tls()
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_exposed_address_needs_a_guard_or_insecure() {
+        let refused = with(&["--listen", "0.0.0.0:8080"]).unwrap_err().to_string();
+        assert!(
+            refused.contains("refusing to listen on 0.0.0.0:8080"),
+            "{refused}"
+        );
+        let refused = with(&["--peer-listen", "10.0.0.1:7070"])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("10.0.0.1:7070"), "{refused}");
+        assert!(with(&["--listen", "0.0.0.0:8080", "--insecure"]).is_ok());
+        assert!(with(&["--listen", "0.0.0.0:8080", "--insecure=true"]).is_ok());
+        assert!(with(&["--listen", "0.0.0.0:8080", "--admin-token", "t"]).is_ok());
+        assert!(with(&["--listen", "0.0.0.0:8080", "--admin-token", " \n"]).is_err());
+        let tls = [
+            "--peer-tls-ca",
+            "a",
+            "--peer-tls-cert",
+            "b",
+            "--peer-tls-key",
+            "c",
+        ];
+        assert!(with(&[&["--listen", "0.0.0.0:8080"][..], &tls[..]].concat()).is_ok());
+        assert!(with(&["--listen", "[::1]:8080", "--peer-listen", "127.0.0.2:1"]).is_ok());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod replica;
 pub mod ring;
 pub mod rpc;
 pub mod storage;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,9 +41,11 @@ use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::rpc::RpcClient;
 use crate::storage::{Durability, Storage};
+use crate::tls::{ClientPortFiles, PeerFiles, Reloading, ServerTls};
 
-/// Opens storage, binds the listener, prints `kvnode listening on http://ADDR` on stdout and serves
-/// until `shutdown` resolves; then drains connections and syncs the write-ahead log.
+/// Opens storage, binds the client and peer listeners, prints `kvnode peer port on ADDR` and then
+/// `kvnode listening on http://ADDR` (`https://` with client TLS) on stdout and serves until
+/// `shutdown` resolves; then drains connections and syncs the write-ahead log.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let auth = Arc::new(http::auth::Authorizer::load(&config)?);
     let metrics = Arc::new(Metrics::new());
@@ -70,15 +73,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         contexts.clone(),
         metrics.clone(),
     ));
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.listen)))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let listener = bind(config.listen).await?;
+    let peer_listener = bind(config.peer_listen).await?;
+    let address = local_address(&listener)?;
+    let peer_address = local_address(&peer_listener)?;
     let membership = Arc::new(Membership::load(
-        &config.node_id,
-        &address.to_string(),
+        kvapi::Member {
+            id: config.node_id.clone(),
+            address: address.to_string(),
+            peer_address: peer_address.to_string(),
+        },
         &config.data_dir,
         config.cluster_config.as_deref(),
         config.partitions,
@@ -103,11 +107,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             ))
         })?;
     }
+    let peer_tls = match config.peer_tls().map_err(Error::BadConfig)? {
+        Some(files) => Some(Reloading::open(files.paths(), PeerFiles::build)?),
+        None => None,
+    };
+    let client_tls = match config.client_tls().map_err(Error::BadConfig)? {
+        Some(files) => Some(Reloading::open(files.paths(), ClientPortFiles::build)?),
+        None => None,
+    };
     let rpc = RpcClient::new(
         membership.clone(),
         config.peer_source_address,
         max_peer_message_bytes,
-    );
+        peer_tls.clone(),
+    )?;
     let handoff = Handoff::new(
         membership.clone(),
         replica.clone(),
@@ -139,7 +152,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         antientropy.clone(),
         metrics.clone(),
     );
-    let background = [
+    let mut background = vec![
         tokio::spawn(rpc.clone().ping_peers()),
         tokio::spawn(handoff.clone().deliver_forever()),
         tokio::spawn(antientropy.run()),
@@ -148,6 +161,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let token_reload = auth
         .watches_files()
         .then(|| tokio::spawn(auth.clone().reload_forever()));
+    background.extend(peer_tls.clone().map(|t| tokio::spawn(t.watch())));
+    background.extend(client_tls.clone().map(|t| tokio::spawn(t.watch())));
     let node = Arc::new(Node {
         coordinator: Coordinator::new(
             membership.clone(),
@@ -177,8 +192,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         ))
     });
     node.ready.store(true, Ordering::Release);
-    tracing::info!(node_id = %config.node_id, %address, "serving");
-    println!("kvnode listening on http://{address}");
+    tracing::info!(node_id = %config.node_id, %address, %peer_address, "serving");
+    let scheme = if client_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("kvnode peer port on {peer_address}");
+    println!("kvnode listening on {scheme}://{address}");
     let limits = ConnectionLimits {
         header_read_timeout: *config.header_read_timeout,
         idle_timeout: *config.idle_timeout,
@@ -188,13 +209,34 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         write_timeout: *config.write_timeout,
         shutdown_grace: *config.shutdown_grace,
     };
-    let stopping = node.clone();
-    http::serve(listener, http::router(node), limits, async move {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let client_port = http::serve(
+        listener,
+        http::router(node.clone()),
+        limits.clone(),
+        client_tls.map(|t| -> ServerTls { Arc::new(move || t.current()) }),
+        until_stopped(),
+    );
+    let peer_port = http::serve(
+        peer_listener,
+        http::peer_router(node.clone()),
+        limits,
+        peer_tls.map(|t| -> ServerTls { Arc::new(move || t.current().server.clone()) }),
+        until_stopped(),
+    );
+    let signal = async {
         shutdown.await;
-        stopping.ready.store(false, Ordering::Release);
+        node.ready.store(false, Ordering::Release);
         tracing::info!("shutting down");
-    })
-    .await;
+        let _ = stop.send(true);
+    };
+    tokio::join!(client_port, peer_port, signal);
     for task in background {
         task.abort();
     }
@@ -202,6 +244,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         task.abort();
     }
     replica.sync_wal().await
+}
+
+async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {address}: {e}")))
+}
+
+fn local_address(listener: &TcpListener) -> Result<std::net::SocketAddr, Error> {
+    listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Syncs the write-ahead log every `interval` until a sync fails; storage then refuses writes and

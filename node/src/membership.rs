@@ -62,9 +62,9 @@ impl View {
         }
     }
 
-    /// The address of member `id` (of the current ring or the one being left).
-    pub fn address(&self, id: &str) -> Option<&str> {
-        self.config.any_member(id).map(|m| m.address.as_str())
+    /// The peer address of member `id` (of the current ring or the one being left).
+    pub fn peer_address(&self, id: &str) -> Option<&str> {
+        self.config.any_member(id).map(|m| m.peer_address.as_str())
     }
 
     /// The replica sets of `partition` that must each reach their quorum: the preference list, and
@@ -146,10 +146,9 @@ pub type GainHook = Box<dyn Fn(&[u16]) -> Result<(), Error> + Send + Sync>;
 
 impl Membership {
     /// Loads the config to follow: the persisted one or the one in `config_file`, whichever has the
-    /// higher epoch; without either, a one-member cluster of this node (N = W = R = 1).
+    /// higher epoch; without either, a one-member cluster of this node, `me` (N = W = R = 1).
     pub fn load(
-        node_id: &str,
-        listen: &str,
+        me: Member,
         data_dir: &Path,
         config_file: Option<&Path>,
         partitions: u32,
@@ -167,10 +166,7 @@ impl Membership {
             (None, None) => ClusterConfig {
                 cluster: "local".into(),
                 epoch: 0,
-                members: vec![Member {
-                    id: node_id.into(),
-                    address: listen.into(),
-                }],
+                members: vec![me.clone()],
                 n: 1,
                 w: 1,
                 r: 1,
@@ -189,7 +185,7 @@ impl Membership {
         }
         write_config(&config_path, &config)?;
         Ok(Membership {
-            node_id: node_id.into(),
+            node_id: me.id,
             config_path,
             view: RwLock::new(Arc::new(View::new(config))),
             liveness: Mutex::new(HashMap::new()),
@@ -448,10 +444,7 @@ mod tests {
             cluster: "test".into(),
             epoch,
             members: (0..members)
-                .map(|i| Member {
-                    id: format!("kv-{i}"),
-                    address: format!("127.0.0.1:{}", 9000 + i),
-                })
+                .map(|i| member(&format!("kv-{i}"), 9000 + i))
                 .collect(),
             n: 3.min(members as u32),
             w: 1,
@@ -463,10 +456,18 @@ mod tests {
         }
     }
 
+    fn member(id: &str, port: usize) -> Member {
+        Member {
+            id: id.into(),
+            address: format!("127.0.0.1:{port}"),
+            peer_address: format!("127.0.0.1:{}", port + 1000),
+        }
+    }
+
     #[test]
     fn without_config_a_node_is_a_one_member_cluster() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Membership::load("kv-0", "127.0.0.1:1", dir.path(), None, 256).unwrap();
+        let m = Membership::load(member("kv-0", 1), dir.path(), None, 256).unwrap();
         let view = m.view();
         assert_eq!(view.config.members.len(), 1);
         assert_eq!((view.config.n, view.config.w, view.config.r), (1, 1, 1));
@@ -478,7 +479,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("given.json");
         std::fs::write(&file, serde_json::to_vec(&config(3, 3)).unwrap()).unwrap();
-        let m = Membership::load("kv-0", "x", &dir.path().join("d"), Some(&file), 256).unwrap();
+        let m =
+            Membership::load(member("kv-0", 1), &dir.path().join("d"), Some(&file), 256).unwrap();
         assert!(!m.install(config(3, 4)).unwrap(), "equal epoch refused");
         assert!(!m.install(config(2, 4)).unwrap(), "lower epoch refused");
         let mut other = config(9, 3);
@@ -490,7 +492,8 @@ mod tests {
         assert!(m.install(config(4, 5)).unwrap());
         drop(m);
         // Restarting with the older file keeps the newer persisted config.
-        let m = Membership::load("kv-0", "x", &dir.path().join("d"), Some(&file), 256).unwrap();
+        let m =
+            Membership::load(member("kv-0", 1), &dir.path().join("d"), Some(&file), 256).unwrap();
         assert_eq!(m.view().config.epoch, 4);
         assert_eq!(m.view().config.members.len(), 5);
     }
@@ -500,7 +503,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("given.json");
         std::fs::write(&file, serde_json::to_vec(&config(3, 3)).unwrap()).unwrap();
-        let m = Membership::load("kv-0", "x", &dir.path().join("d"), Some(&file), 256).unwrap();
+        let m =
+            Membership::load(member("kv-0", 1), &dir.path().join("d"), Some(&file), 256).unwrap();
         let refused = m.install(config(3 + MAX_EPOCH_JUMP + 1, 3)).unwrap_err();
         assert!(matches!(refused, Error::BadConfig(_)), "{refused}");
         assert!(m.install(config(u64::MAX, 3)).is_err());
@@ -513,14 +517,14 @@ mod tests {
             "an unbelievable epoch is not recorded"
         );
         // A node that was never configured joins a cluster at whatever epoch it is.
-        let fresh = Membership::load("kv-0", "x", &dir.path().join("e"), None, 256).unwrap();
+        let fresh = Membership::load(member("kv-0", 1), &dir.path().join("e"), None, 256).unwrap();
         assert!(fresh.install(config(1_000_000, 3)).unwrap());
     }
 
     #[test]
     fn failures_back_off_and_success_resets() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Membership::load("kv-0", "x", dir.path(), None, 256).unwrap();
+        let m = Membership::load(member("kv-0", 1), dir.path(), None, 256).unwrap();
         assert!(m.may_contact("kv-1") && m.is_alive("kv-1"));
         m.record_failure("kv-1");
         assert!(!m.may_contact("kv-1"));

@@ -1,7 +1,8 @@
 //! Peer RPC: the messages nodes exchange and the client that sends them.
 //!
-//! Messages travel as `POST /internal/v1/rpc` over HTTP/2 (prior knowledge, one multiplexed connection
-//! per peer), encoded as one format-version byte followed by postcard. A node refuses a version it does
+//! Messages travel as `POST /internal/v1/rpc` to a member's peer port (its `peer_address`) over
+//! HTTP/2 (one multiplexed connection per peer; prior knowledge in plain text, ALPN `h2` with mutual
+//! TLS when the node has peer TLS files, see `tls`), encoded as one format-version byte followed by postcard. A node refuses a version it does
 //! not know with a clear error rather than guessing. Every request carries the sender's cluster and epoch
 //! and every response the receiver's epoch, so a node that missed a config change learns of it from the
 //! next exchange and fetches the config from whoever has it. The inbound side lives in `http`.
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -24,6 +26,7 @@ use crate::causality::{SiblingSet, VersionVector};
 use crate::error::Error;
 use crate::membership::Membership;
 use crate::storage::hints::Hint;
+use crate::tls::{PeerTls, Reloading};
 
 /// Route of peer RPC.
 pub const RPC_PATH: &str = "/internal/v1/rpc";
@@ -277,6 +280,9 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
 pub struct RpcClient {
     connector: HttpConnector,
     max_message_bytes: usize,
+    /// Peer TLS, or `None` for plain HTTP/2 (then `plain` types the connector).
+    tls: Option<Arc<Reloading<PeerTls>>>,
+    plain: Arc<rustls::ClientConfig>,
     pools: Mutex<HashMap<String, PeerPool>>,
     generation: AtomicU64,
     membership: Arc<Membership>,
@@ -285,52 +291,80 @@ pub struct RpcClient {
 /// The shortest timeout after which a call with no answer condemns its connection pool.
 pub const STALL_TIMEOUT: Duration = PING_INTERVAL;
 
+/// The client of one peer pool.
+type PoolClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// The connection pool of one peer address.
 #[derive(Clone)]
 struct PeerPool {
     /// Tells this pool from one made after it was discarded.
     generation: u64,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// The TLS files' generation its connections present (see [`Reloading::generation`]).
+    tls_generation: u64,
+    client: PoolClient,
     /// When a call on this pool last got an answer.
     last_answer: Arc<Mutex<Option<Instant>>>,
 }
 
 impl RpcClient {
     /// A client for the peers of `membership`, connecting from `source` when given, that refuses
-    /// answers larger than `max_message_bytes`.
+    /// answers larger than `max_message_bytes`, with mutual TLS when `tls` is given.
     pub fn new(
         membership: Arc<Membership>,
         source: Option<IpAddr>,
         max_message_bytes: usize,
-    ) -> Arc<Self> {
+        tls: Option<Arc<Reloading<PeerTls>>>,
+    ) -> Result<Arc<Self>, Error> {
         let mut connector = HttpConnector::new();
         connector.set_local_address(source);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
-        Arc::new(RpcClient {
+        // The TLS layer sees `https` URIs only.
+        connector.enforce_http(false);
+        Ok(Arc::new(RpcClient {
             connector,
             max_message_bytes,
+            tls,
+            plain: crate::tls::plain_peer_client()?,
             pools: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             membership,
-        })
+        }))
     }
 
-    /// The pool of `address`, created on first use.
+    /// The URI scheme of peer calls.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The pool of `address`, created on first use and again after the TLS files changed, so new
+    /// connections present the new certificate (calls in flight finish on the old pool).
     fn pool(&self, address: &str) -> PeerPool {
+        let (tls_generation, tls_config) = match &self.tls {
+            Some(tls) => (tls.generation(), tls.current().client.clone()),
+            None => (0, self.plain.clone()),
+        };
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = pools.get(address) {
+        if let Some(pool) = pools.get(address)
+            && pool.tls_generation == tls_generation
+        {
             return pool.clone();
         }
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(rustls::ClientConfig::clone(&tls_config))
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(self.connector.clone());
         let pool = PeerPool {
             generation: self.generation.fetch_add(1, Ordering::Relaxed),
+            tls_generation,
             client: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .timer(TokioTimer::new())
                 .pool_timer(TokioTimer::new())
                 .http2_keep_alive_interval(Some(Duration::from_secs(5)))
                 .http2_keep_alive_timeout(Duration::from_secs(5))
-                .build(self.connector.clone()),
+                .build(connector),
             last_answer: Arc::new(Mutex::new(None)),
         };
         pools.insert(address.to_string(), pool.clone());
@@ -374,7 +408,7 @@ impl RpcClient {
     ) -> Result<ResponseBody, Error> {
         let view = self.membership.view();
         let address = view
-            .address(peer)
+            .peer_address(peer)
             .ok_or_else(|| Error::Rpc(format!("{peer} is not a member")))?
             .to_string();
         let request = RpcRequest {
@@ -385,8 +419,8 @@ impl RpcClient {
         };
         let pool = self.pool(&address);
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(timeout, self.send(&pool.client, &address, &request)).await;
+        let uri = format!("{}://{address}{RPC_PATH}", self.scheme());
+        let outcome = tokio::time::timeout(timeout, self.send(&pool.client, &uri, &request)).await;
         let response = match outcome {
             Ok(Ok(response)) => {
                 *pool.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -457,11 +491,10 @@ impl RpcClient {
 
     async fn send(
         &self,
-        pool: &Client<HttpConnector, Full<Bytes>>,
-        address: &str,
+        pool: &PoolClient,
+        uri: &str,
         request: &RpcRequest,
     ) -> Result<RpcResponse, Error> {
-        let uri = format!("http://{address}{RPC_PATH}");
         let http_request = hyper::Request::post(uri)
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(Bytes::from(encode(request))))
@@ -469,23 +502,33 @@ impl RpcClient {
         let response = pool
             .request(http_request)
             .await
-            .map_err(|e| Error::PeerUnavailable(format!("{address}: {e}")))?;
+            .map_err(|e| Error::PeerUnavailable(format!("{uri}: {}", with_causes(&e))))?;
         let status = response.status();
         let bytes = Limited::new(response.into_body(), self.max_message_bytes)
             .collect()
             .await
-            .map_err(|e| Error::PeerUnavailable(format!("{address}: {e}")))?
+            .map_err(|e| Error::PeerUnavailable(format!("{uri}: {e}")))?
             .to_bytes();
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(Error::Rpc(format!(
-                "{address} answered {status}: {message}"
-            )));
+            return Err(Error::Rpc(format!("{uri} answered {status}: {message}")));
         }
         decode(&bytes)
     }
+}
+
+/// `error` with its chain of causes, which say why a connection failed (such as a TLS alert).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -523,7 +566,7 @@ mod tests {
     #[test]
     fn contract_types_with_absent_optional_fields_round_trip() {
         let config: ClusterConfig = serde_json::from_str(
-            r#"{"cluster":"c","epoch":3,"members":[{"id":"kv-0","address":"a:1"}],
+            r#"{"cluster":"c","epoch":3,"members":[{"id":"kv-0","address":"a:1","peer_address":"a:2"}],
                 "n":1,"w":1,"r":1,"partitions":256,"vnodes":64}"#,
         )
         .unwrap();

@@ -22,7 +22,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use kvapi::{ClusterConfig, Member};
+use kvapi::ClusterConfig;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -258,11 +258,7 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
     let desired = Desired {
         cluster: cluster_name(kvc),
         members: (0..spec.replicas)
-            .map(|i| {
-                let id = pod_name(kvc, i);
-                let address = addresses.address(&ns, &name, &id);
-                Member { id, address }
-            })
+            .map(|i| addresses.member(&ns, &name, &pod_name(kvc, i)))
             .collect(),
         n: spec.replication_factor,
         w: spec.write_quorum,

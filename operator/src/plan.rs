@@ -559,6 +559,7 @@ pub(crate) mod tests {
         Member {
             id: id.into(),
             address: format!("{id}.kv-headless.ns.svc:8080"),
+            peer_address: format!("{id}.kv-headless.ns.svc:7070"),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Harness for the kvcluster system tests: start real `kvnode` processes and talk to them over HTTP.
 //!
 //! - [`NodeProcess`] spawns the `kvnode` binary (found by [`kvnode_bin`]) on a fresh temporary data
-//!   directory, waits for its `kvnode listening on http://…` line, and can SIGKILL, SIGTERM and restart
+//!   directory, waits for its `kvnode listening on http(s)://…` line (after `kvnode peer port on …`), and can SIGKILL, SIGTERM and restart
 //!   it on the same data directory. Its stderr goes to `node.log` in the temporary directory; the tail
 //!   of that log is printed when a test panics while the node is alive in scope.
 //! - [`KvClient`] is a thin reqwest wrapper speaking the `/v1/kv/` API and returning [`Resp`].
@@ -11,6 +11,7 @@
 //!   control over every byte (slow headers, partial bodies, huge announcements, connection caps).
 //!
 //! - [`kube`] runs a real etcd + kube-apiserver on loopback for the operator's integration tests.
+//! - [`tls`] makes a cluster CA and node certificates with the `openssl` command, and TLS clients.
 //!
 //! Every wait here is bounded in time; every address is on loopback: 127.0.0.1, or 127.0.0.11 and up
 //! for the chaos tests, inside a network namespace of their own (see [`chaos`]).
@@ -19,6 +20,7 @@
 pub mod chaos;
 pub mod kube;
 pub mod load;
+pub mod tls;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
@@ -39,8 +41,11 @@ use kvapi::{
     ErrorBody, Member, NodeStatus, PartitionDigests, ReadResponse, RingView,
 };
 
-/// The prefix of the one line `kvnode` prints on stdout once it serves.
-pub const LISTENING_PREFIX: &str = "kvnode listening on http://";
+/// The prefix of the line `kvnode` prints on stdout once it serves (`https://` with client TLS).
+pub const LISTENING_PREFIX: &str = "kvnode listening on http";
+
+/// The prefix of the line `kvnode` prints with its peer port, before [`LISTENING_PREFIX`].
+pub const PEER_PORT_PREFIX: &str = "kvnode peer port on ";
 
 /// How long a node may take to print its listening line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,7 +121,8 @@ impl Default for NodeBuilder {
 }
 
 impl NodeBuilder {
-    /// A node with `--data-dir <tmp>/data --listen 127.0.0.1:0` and nothing else.
+    /// A node with `--data-dir <tmp>/data --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0` and nothing
+    /// else.
     pub fn new() -> Self {
         Self {
             args: Vec::new(),
@@ -141,7 +147,8 @@ impl NodeBuilder {
         self
     }
 
-    /// Do not add `--listen 127.0.0.1:0` (the node then uses its default address or the caller's flag).
+    /// Do not add `--listen 127.0.0.1:0 --peer-listen 127.0.0.1:0` (the node then uses its default
+    /// addresses or the caller's flags).
     pub fn without_listen(mut self) -> Self {
         self.add_listen = false;
         self
@@ -184,6 +191,8 @@ pub struct NodeProcess {
     envs: Vec<(String, String)>,
     child: Option<Child>,
     addr: SocketAddr,
+    peer_addr: SocketAddr,
+    https: bool,
     stdout_lines: Arc<Mutex<Vec<String>>>,
     starts: u32,
     paused: bool,
@@ -207,8 +216,9 @@ impl NodeProcess {
             data_dir.to_string_lossy().into_owned(),
         ];
         if builder.add_listen {
-            args.push("--listen".to_owned());
-            args.push("127.0.0.1:0".to_owned());
+            args.extend(
+                ["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"].map(String::from),
+            );
         }
         args.extend(builder.args);
         let mut node = Self {
@@ -219,6 +229,8 @@ impl NodeProcess {
             envs: builder.envs,
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https: false,
             stdout_lines: Arc::new(Mutex::new(Vec::new())),
             starts: 0,
             paused: false,
@@ -274,10 +286,22 @@ impl NodeProcess {
         self.child = Some(child);
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) => {
-                let addr = line[LISTENING_PREFIX.len()..].trim();
+                let url = line["kvnode listening on ".len()..].trim();
+                self.https = url.starts_with("https://");
+                let addr = url.split_once("://").map_or(url, |(_, a)| a);
                 self.addr = addr
                     .parse()
                     .unwrap_or_else(|e| panic!("cannot parse address in {line:?}: {e}"));
+                let peer = self
+                    .stdout_lines()
+                    .iter()
+                    .rev()
+                    .find_map(|l| l.strip_prefix(PEER_PORT_PREFIX).map(str::to_owned))
+                    .unwrap_or_else(|| panic!("no `{PEER_PORT_PREFIX}…` line before {line:?}"));
+                self.peer_addr = peer
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("cannot parse peer address {peer:?}: {e}"));
             }
             Err(err) => {
                 let status = self
@@ -300,14 +324,25 @@ impl NodeProcess {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// Peer port address the node announced (of its latest start).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` when the node serves client TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A client for this node (default timeout 30 s).
     pub fn client(&self) -> KvClient {
         KvClient::new(&self.base_url())
+    }
+
+    /// A plain HTTP client for this node's peer port (peer TLS off), for sending peer messages.
+    pub fn peer_client(&self) -> KvClient {
+        KvClient::new(&format!("http://{}", self.peer_addr))
     }
 
     /// The process id, while running.
@@ -1187,6 +1222,8 @@ pub struct ClusterOptions {
     /// peers from that address (`--peer-source-address`), so firewall rules can tell nodes apart.
     /// Otherwise every node is on 127.0.0.1 with a free port.
     pub first_host: Option<Ipv4Addr>,
+    /// Mutual TLS between the nodes: each gets a certificate of this CA for its host.
+    pub peer_tls: Option<Arc<tls::Pki>>,
 }
 
 impl ClusterOptions {
@@ -1200,7 +1237,14 @@ impl ClusterOptions {
             sloppy_quorum: true,
             node_args: Vec::new(),
             first_host: None,
+            peer_tls: None,
         }
+    }
+
+    /// Gives every node a certificate of `pki`'s CA and turns peer mutual TLS on.
+    pub fn with_peer_tls(mut self, pki: Arc<tls::Pki>) -> Self {
+        self.peer_tls = Some(pki);
+        self
     }
 
     /// Puts node `i` on its own loopback host `first + i` (see [`ClusterOptions::first_host`]).
@@ -1222,21 +1266,33 @@ impl ClusterOptions {
     }
 }
 
-/// The port of every node placed on a host of its own ([`ClusterOptions::first_host`]).
+/// The client port of every node placed on a host of its own ([`ClusterOptions::first_host`]).
 pub const HOST_PORT: u16 = 7000;
+/// The peer port of every node placed on a host of its own.
+pub const PEER_HOST_PORT: u16 = 7070;
 
-/// Member `kv-{i}`: on host `first_host + i` when given, else on a free port of 127.0.0.1.
+/// Member `kv-{i}`: on host `first_host + i` when given, else on free ports of 127.0.0.1.
 fn new_member(i: usize, first_host: Option<Ipv4Addr>) -> Member {
-    let address = match first_host {
+    let (address, peer_address) = match first_host {
         Some(first) => {
             let host = Ipv4Addr::from(u32::from(first) + i as u32);
-            format!("{host}:{HOST_PORT}")
+            (
+                format!("{host}:{HOST_PORT}"),
+                format!("{host}:{PEER_HOST_PORT}"),
+            )
         }
-        None => format!("127.0.0.1:{}", free_ports(1)[0]),
+        None => {
+            let ports = free_ports(2);
+            (
+                format!("127.0.0.1:{}", ports[0]),
+                format!("127.0.0.1:{}", ports[1]),
+            )
+        }
     };
     Member {
         id: format!("kv-{i}"),
         address,
+        peer_address,
     }
 }
 
@@ -1248,24 +1304,35 @@ fn host_of(member: &Member) -> &str {
         .map_or(member.address.as_str(), |(host, _)| host)
 }
 
-/// Starts the node of `member` on its address with the cluster file at `config_path`; with
-/// `own_host`, its peer connections leave from its own address.
+/// Starts the node of `member` on its addresses with the cluster file at `config_path`; with
+/// `own_host`, its peer connections leave from its own address; with `peer_tls`, it gets a
+/// certificate of that CA for its host.
 fn member_node(
     member: &Member,
     config_path: &Path,
     node_args: &[String],
     own_host: bool,
+    peer_tls: Option<&tls::Pki>,
 ) -> NodeProcess {
     let mut builder = NodeBuilder::new().without_listen().args([
         "--node-id".to_owned(),
         member.id.clone(),
         "--listen".to_owned(),
         member.address.clone(),
+        "--peer-listen".to_owned(),
+        member.peer_address.clone(),
         "--cluster-config".to_owned(),
         config_path.to_string_lossy().into_owned(),
     ]);
     if own_host {
         builder = builder.args(["--peer-source-address", host_of(member)]);
+    }
+    if let Some(pki) = peer_tls {
+        let host = member
+            .peer_address
+            .rsplit_once(':')
+            .map_or(member.peer_address.as_str(), |(host, _)| host);
+        builder = builder.args(pki.issue(&member.id, host).peer_args(pki));
     }
     builder.args(node_args.iter().cloned()).start()
 }
@@ -1282,7 +1349,8 @@ pub fn write_context_key(dir: &Path) -> String {
 
 /// Several `kvnode` processes forming one cluster (`kv-0`, `kv-1`, … on ports picked up front).
 ///
-/// Node `i` runs `kvnode --node-id kv-i --listen 127.0.0.1:PORTi --data-dir <its tmp>/data
+/// Node `i` runs `kvnode --node-id kv-i --listen 127.0.0.1:PORTi --peer-listen 127.0.0.1:PEERi
+/// --data-dir <its tmp>/data
 /// --cluster-config <cluster tmp>/cluster.json` with its own temporary directory, so a restart comes back
 /// on the same address and data directory. Each node has one pooled [`KvClient`] (15 s timeout) that
 /// stays valid across restarts. Dropping the cluster SIGKILLs every node still running.
@@ -1294,6 +1362,7 @@ pub struct Cluster {
     clients: Vec<KvClient>,
     node_args: Vec<String>,
     first_host: Option<Ipv4Addr>,
+    peer_tls: Option<Arc<tls::Pki>>,
     // Holds the config file; declared last so the nodes are dropped (killed) first.
     _config_dir: tempfile::TempDir,
 }
@@ -1316,6 +1385,7 @@ impl Cluster {
             sloppy_quorum,
             node_args,
             first_host,
+            peer_tls,
         } = options;
         assert!(n_nodes > 0, "a cluster needs at least one node");
         let t0 = Instant::now();
@@ -1349,7 +1419,13 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(n_nodes);
         let mut clients = Vec::with_capacity(n_nodes);
         for member in &config.members {
-            let node = member_node(member, &config_path, &node_args, first_host.is_some());
+            let node = member_node(
+                member,
+                &config_path,
+                &node_args,
+                first_host.is_some(),
+                peer_tls.as_deref(),
+            );
             assert_eq!(
                 node.addr().to_string(),
                 member.address,
@@ -1369,6 +1445,7 @@ impl Cluster {
             clients,
             node_args,
             first_host,
+            peer_tls,
             _config_dir: config_dir,
         };
         for (i, client) in cluster.clients.iter().enumerate() {
@@ -1488,6 +1565,7 @@ impl Cluster {
             &self.config_path,
             &self.node_args,
             self.first_host.is_some(),
+            self.peer_tls.as_deref(),
         );
         let client = KvClient::with_timeout(&node.base_url(), CLUSTER_CLIENT_TIMEOUT);
         assert!(

@@ -22,7 +22,10 @@ async fn kvctl_cluster_adds_and_removes_a_member() {
     let new = cluster.add_node().await;
     let member = cluster.member(new);
 
-    let refused = kvctl(&endpoint, &["cluster", "add", "kv-0", "127.0.0.1:1"]);
+    let refused = kvctl(
+        &endpoint,
+        &["cluster", "add", "kv-0", "127.0.0.1:1", "127.0.0.1:2"],
+    );
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
     assert!(text(&refused.stderr).contains("already a member"));
 
@@ -36,6 +39,7 @@ async fn kvctl_cluster_adds_and_removes_a_member() {
                     "add",
                     &member.id,
                     &member.address,
+                    &member.peer_address,
                     "--timeout",
                     "2m",
                 ],

@@ -158,10 +158,12 @@ async fn a_node_without_a_shared_context_key_refuses_a_cluster_of_several() {
             kvcluster_tests::kvapi::Member {
                 id: "kv-0".into(),
                 address: "127.0.0.1:1".into(),
+                peer_address: "127.0.0.1:3".into(),
             },
             kvcluster_tests::kvapi::Member {
                 id: "kv-1".into(),
                 address: "127.0.0.1:2".into(),
+                peer_address: "127.0.0.1:4".into(),
             },
         ],
         n: 2,
@@ -175,7 +177,15 @@ async fn a_node_without_a_shared_context_key_refuses_a_cluster_of_several() {
     let path = dir.path().join("cluster.json");
     std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
     let output = std::process::Command::new(kvcluster_tests::kvnode_bin())
-        .args(["--listen", "127.0.0.1:0", "--node-id", "kv-0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "kv-0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .arg("--cluster-config")
         .arg(&path)
@@ -207,5 +217,6 @@ fn stranger(like: &kvcluster_tests::kvapi::Member) -> kvcluster_tests::kvapi::Me
     let mut member = like.clone();
     member.id = "kv-9".into();
     member.address = "127.0.0.1:9".into();
+    member.peer_address = "127.0.0.1:10".into();
     member
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvcluster_tests::kvapi::{ClusterConfig, Member, codes};
-use kvcluster_tests::{Cluster, ClusterOptions, KvClient, metric_sum};
+use kvcluster_tests::{Cluster, ClusterOptions, NodeProcess, metric_sum};
 use kvnode::causality::{Actor, SiblingSet, VersionVector};
 use kvnode::metrics::Metrics;
 use kvnode::ring::partition_of;
@@ -22,14 +22,20 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends one peer message to the node behind `client` as member `sender` at `epoch`, and returns
 /// the answer. Every test goes through here, so moving peers to their own (mTLS) port changes this
 /// function only.
-async fn send_peer(client: &KvClient, sender: &str, epoch: u64, body: RequestBody) -> ResponseBody {
+async fn send_peer(
+    node: &NodeProcess,
+    sender: &str,
+    epoch: u64,
+    body: RequestBody,
+) -> ResponseBody {
     let message = rpc::encode(&RpcRequest {
         cluster: "test".into(),
         epoch,
         sender: sender.into(),
         body,
     });
-    let resp = client
+    let resp = node
+        .peer_client()
         .request("POST", rpc::RPC_PATH, &[], Some(message))
         .await;
     assert_eq!(resp.status, 200, "{resp}");
@@ -120,7 +126,7 @@ async fn peer_read(cluster: &Cluster, i: usize, partition: u16, key: &[u8]) -> S
         partition,
         key: key.to_vec(),
     };
-    match send_peer(cluster.client(i), &cluster.id(1), 1, body).await {
+    match send_peer(cluster.node(i), &cluster.id(1), 1, body).await {
         ResponseBody::State(set) => set,
         other => panic!("read answered {other:?}"),
     }
@@ -160,7 +166,7 @@ async fn a_hint_for_a_huge_target_is_refused_and_the_node_still_restarts() {
         target: "x".repeat(70_000),
         hint: hint.clone(),
     };
-    let answer = send_peer(cluster.client(0), &cluster.id(1), 1, body).await;
+    let answer = send_peer(cluster.node(0), &cluster.id(1), 1, body).await;
     assert_refused(&answer, "hint target refused");
     for (target, about) in [
         (cluster.id(0), "for itself"),
@@ -171,7 +177,7 @@ async fn a_hint_for_a_huge_target_is_refused_and_the_node_still_restarts() {
             hint: hint.clone(),
         };
         assert_refused(
-            &send_peer(cluster.client(0), &cluster.id(1), 1, body).await,
+            &send_peer(cluster.node(0), &cluster.id(1), 1, body).await,
             about,
         );
     }
@@ -275,9 +281,15 @@ async fn out_of_range_partitions_foreign_keys_and_strangers_are_refused() {
         ),
     ];
     for (body, about) in cases {
-        assert_refused(&send_peer(c, &me, 1, body).await, about);
+        assert_refused(&send_peer(cluster.node(0), &me, 1, body).await, about);
     }
-    let stranger = send_peer(c, "kv-99", 1, RequestBody::Summary { partition: 1 }).await;
+    let stranger = send_peer(
+        cluster.node(0),
+        "kv-99",
+        1,
+        RequestBody::Summary { partition: 1 },
+    )
+    .await;
     assert_refused(&stranger, "is not a member");
     let resp = c.get(b"k").await;
     assert_eq!(resp.status, 404, "no forged write landed: {resp}");
@@ -309,7 +321,7 @@ async fn a_purge_from_a_non_owner_is_refused_and_the_tombstone_survives() {
         ],
     };
     // kv-2 is a member but does not hold the partition.
-    let answer = send_peer(cluster.client(0), &cluster.id(2), 1, body).await;
+    let answer = send_peer(cluster.node(0), &cluster.id(2), 1, body).await;
     assert_refused(&answer, "needs the sender and kv-0 to both hold it");
     assert_eq!(
         peer_read(&cluster, 0, partition, &dead).await,
@@ -323,21 +335,9 @@ async fn a_purge_from_a_non_owner_is_refused_and_the_tombstone_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_epoch_jump_in_a_ping_is_refused_and_membership_still_changes() {
     let mut cluster = Cluster::start(2, 2, 1, 1).await;
-    let answer = send_peer(
-        cluster.client(0),
-        &cluster.id(1),
-        u64::MAX,
-        RequestBody::Ping,
-    )
-    .await;
+    let answer = send_peer(cluster.node(0), &cluster.id(1), u64::MAX, RequestBody::Ping).await;
     assert_refused(&answer, "past this node's epoch 1");
-    let answer = send_peer(
-        cluster.client(0),
-        &cluster.id(1),
-        1 + 1001,
-        RequestBody::Ping,
-    )
-    .await;
+    let answer = send_peer(cluster.node(0), &cluster.id(1), 1 + 1001, RequestBody::Ping).await;
     assert_refused(&answer, "past this node's epoch 1");
     assert_eq!(
         metric(
@@ -377,6 +377,7 @@ async fn admin_configs_with_far_epochs_or_too_many_members_are_refused() {
         .map(|i| Member {
             id: format!("kv-{i}"),
             address: format!("127.0.0.1:{}", 10_000 + i),
+            peer_address: format!("127.0.0.1:{}", 20_000 + i),
         })
         .collect();
     refused(crowded, "at most 256").await;
@@ -494,7 +495,7 @@ async fn a_tombstone_is_not_purged_while_a_hint_for_its_partition_is_pending() {
             key: dead.clone(),
             set: tombstone.clone(),
         };
-        let answer = send_peer(cluster.client(i), &cluster.id(2), 1, body).await;
+        let answer = send_peer(cluster.node(i), &cluster.id(2), 1, body).await;
         assert!(matches!(answer, ResponseBody::Merged), "{answer:?}");
     }
     // kv-2, which does not hold the partition, holds a hint of it for kv-1 that kv-1 refuses.

@@ -5,10 +5,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvcluster_tests::kvapi::codes;
-use kvcluster_tests::{LISTENING_PREFIX, NodeBuilder, NodeProcess, kvnode_bin};
+use kvcluster_tests::{NodeBuilder, NodeProcess, PEER_PORT_PREFIX, kvnode_bin};
 
 #[tokio::test]
-async fn prints_exactly_one_listening_line_on_stdout() {
+async fn prints_exactly_the_peer_port_and_listening_lines_on_stdout() {
     let mut node = NodeProcess::start(&[]);
     let c = node.client();
     c.put_ok(b"k", b"v", None).await;
@@ -19,8 +19,11 @@ async fn prints_exactly_one_listening_line_on_stdout() {
     let lines = node.stdout_lines();
     assert_eq!(
         lines,
-        vec![format!("{LISTENING_PREFIX}{}", node.addr())],
-        "stdout carries exactly the listening line; logs go to stderr"
+        vec![
+            format!("{PEER_PORT_PREFIX}{}", node.peer_addr()),
+            format!("kvnode listening on http://{}", node.addr())
+        ],
+        "stdout carries exactly the peer port and the listening line; logs go to stderr"
     );
     assert!(node.addr().ip().is_loopback());
     assert_ne!(node.addr().port(), 0, "the real port is announced");

@@ -225,6 +225,8 @@ impl FakeKubelets {
                 name.clone(),
                 "--listen".to_string(),
                 format!("127.0.0.1:{port}"),
+                "--peer-listen".to_string(),
+                format!("127.0.0.1:{}", peer_port(&self.ports, i as usize)),
                 "--cluster-config".to_string(),
                 config_path.display().to_string(),
                 "--context-key-file".to_string(),
@@ -419,11 +421,20 @@ fn assert_owned(meta: &ObjectMeta, what: &str, owner_uid: &str) {
     );
 }
 
+/// The peer port of fake pod `i`: `ports` holds the client ports of every pod, then their peer ports.
+fn peer_port(ports: &[u16], i: usize) -> u16 {
+    ports[MAX_PODS as usize + i]
+}
+
 fn write_overrides(path: &Path, ports: &[u16]) {
-    let map: HashMap<String, String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (format!("{NS}/{NAME}-{i}"), format!("127.0.0.1:{p}")))
+    let map: HashMap<String, serde_json::Value> = (0..MAX_PODS as usize)
+        .map(|i| {
+            let addresses = json!({
+                "address": format!("127.0.0.1:{}", ports[i]),
+                "peer_address": format!("127.0.0.1:{}", peer_port(ports, i)),
+            });
+            (format!("{NS}/{NAME}-{i}"), addresses)
+        })
         .collect();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&map).unwrap()).unwrap();
@@ -465,7 +476,8 @@ async fn operator_scales_a_ring_3_to_5_to_3_under_load_and_changes_quorums_in_pl
 
     // Loopback addresses for every ordinal the scenario uses, known to the operator up front (on
     // Kubernetes they would be the pods' DNS names, which exist before the pods do).
-    let ports = free_ports(MAX_PODS as usize);
+    // Client ports, then peer ports.
+    let ports = free_ports(2 * MAX_PODS as usize);
     let overrides: PathBuf = plane.dir().join("node-addresses.json");
     write_overrides(&overrides, &ports);
 

@@ -552,7 +552,7 @@ async fn health_endpoints_answer_200() {
 async fn peer_messages_of_an_unknown_version_are_refused_clearly() {
     use kvnode::rpc::{self, RequestBody, ResponseBody, RpcRequest, RpcResponse};
     let node = NodeProcess::start(&[]);
-    let c = node.client();
+    let c = KvClient::new(&format!("http://{}", node.peer_addr()));
     let ping = rpc::encode(&RpcRequest {
         cluster: "local".into(),
         epoch: 0,
@@ -586,5 +586,5 @@ async fn peer_messages_of_an_unknown_version_are_refused_clearly() {
         )
         .await;
     garbage.assert_error(400, codes::BAD_RPC);
-    c.put_ok(b"still-serving", b"yes", None).await;
+    node.client().put_ok(b"still-serving", b"yes", None).await;
 }

@@ -233,6 +233,7 @@ mod tests {
                     .map(|i| Member {
                         id: format!("kv-{i}"),
                         address: format!("127.0.0.1:{}", 8080 + i),
+                        peer_address: format!("127.0.0.1:{}", 9080 + i),
                     })
                     .collect(),
                 n: 3,

@@ -30,8 +30,10 @@ pub(crate) enum ClusterCommand {
     Add {
         /// The new member's id.
         id: String,
-        /// The new member's `host:port`, reachable from the other members.
+        /// The new member's client `host:port` (its --listen, as clients and kvctl reach it).
         address: String,
+        /// The new member's peer `host:port` (its --peer-listen), reachable from the other members.
+        peer_address: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -78,7 +80,12 @@ pub(crate) struct WaitArgs {
 pub(crate) async fn run(client: &Client, command: ClusterCommand) -> ExitCode {
     let outcome = match command {
         ClusterCommand::Status => status(client).await,
-        ClusterCommand::Add { id, address, wait } => {
+        ClusterCommand::Add {
+            id,
+            address,
+            peer_address,
+            wait,
+        } => {
             change(client, &wait, None, |c| {
                 if c.member(&id).is_some() {
                     return Err(format!("{id} is already a member"));
@@ -86,6 +93,7 @@ pub(crate) async fn run(client: &Client, command: ClusterCommand) -> ExitCode {
                 c.members.push(Member {
                     id: id.clone(),
                     address: address.clone(),
+                    peer_address: peer_address.clone(),
                 });
                 Ok(())
             })

@@ -1,8 +1,9 @@
 //! `kvctl up`: a local cluster of kvnode processes on loopback, in the foreground.
 //!
-//! Node `i` has id `kv-i`, listens on `127.0.0.1:(PORT+i)`, keeps its data in `DIR/kv-i` and its stderr in
-//! `DIR/kv-i.log`; every node reads the same `DIR/cluster.json` and `DIR/context.key` (made on the first
-//! run). Ctrl-C or SIGTERM stops the nodes (SIGTERM,
+//! Node `i` has id `kv-i`, listens on `127.0.0.1:(PORT+i)` for clients and on
+//! `127.0.0.1:(PORT+i+PEER_PORT_OFFSET)` for its peers (1000 above: 9080.. by default), keeps its data in
+//! `DIR/kv-i` and its stderr in `DIR/kv-i.log`; every node reads the same `DIR/cluster.json` and
+//! `DIR/context.key` (made on the first run). Ctrl-C or SIGTERM stops the nodes (SIGTERM,
 //! then SIGKILL after [`STOP_TIMEOUT`]).
 
 use std::fs::{File, OpenOptions};
@@ -40,6 +41,8 @@ const LOG_TAIL_LINES: usize = 20;
 const CONFIG_FILE: &str = "cluster.json";
 /// Name of the context key file in the data directory, shared by every node (`--context-key-file`).
 const CONTEXT_KEY_FILE: &str = "context.key";
+/// A local node's peer port is its client port plus this.
+pub(crate) const PEER_PORT_OFFSET: u16 = 1000;
 
 /// Arguments of `kvctl up`.
 #[derive(Debug, Args)]
@@ -58,7 +61,8 @@ pub(crate) struct UpArgs {
     )]
     pub(crate) data_dir: PathBuf,
 
-    /// Port of node kv-0; node kv-i listens on 127.0.0.1:(PORT+i).
+    /// Port of node kv-0; node kv-i listens on 127.0.0.1:(PORT+i), and for its peers on
+    /// 127.0.0.1:(PORT+i+1000).
     #[arg(long, env = "KVCTL_UP_PORT", default_value_t = 8080, value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) port: u16,
@@ -77,23 +81,31 @@ pub(crate) struct UpArgs {
     pub(crate) kvnode: Option<PathBuf>,
 }
 
-/// The config of a fresh local cluster: `nodes` members `kv-i` on `127.0.0.1:(port+i)`, N = min(3, nodes),
-/// W = R = a majority of N, epoch 1.
+/// The config of a fresh local cluster: `nodes` members `kv-i` on `127.0.0.1:(port+i)` with peer ports
+/// [`PEER_PORT_OFFSET`] above, N = min(3, nodes), W = R = a majority of N, epoch 1.
 pub(crate) fn local_config(cluster: &str, nodes: u16, port: u16) -> Result<ClusterConfig, String> {
     if nodes == 0 {
         return Err("a cluster needs at least one node".to_owned());
     }
+    let offset = u32::from(PEER_PORT_OFFSET);
     let last = u32::from(port) + u32::from(nodes) - 1;
-    if port == 0 || last > u32::from(u16::MAX) {
+    if port == 0 || last + offset > u32::from(u16::MAX) {
         return Err(format!(
-            "ports {port}..={last} do not fit: pick a --port between 1 and {}",
-            u32::from(u16::MAX) + 1 - u32::from(nodes)
+            "ports {port}..={last} and their peer ports {}..={} do not fit: pick a --port between 1 \
+             and {}",
+            u32::from(port) + offset,
+            last + offset,
+            u32::from(u16::MAX) + 1 - u32::from(nodes) - offset
         ));
     }
     let members = (0..nodes)
-        .map(|i| Member {
-            id: format!("kv-{i}"),
-            address: format!("127.0.0.1:{}", u32::from(port) + u32::from(i)),
+        .map(|i| {
+            let client_port = u32::from(port) + u32::from(i);
+            Member {
+                id: format!("kv-{i}"),
+                address: format!("127.0.0.1:{client_port}"),
+                peer_address: format!("127.0.0.1:{}", client_port + offset),
+            }
         })
         .collect();
     let n = u32::from(nodes).min(MAX_LOCAL_N);
@@ -270,6 +282,8 @@ struct NodeInfo {
     id: String,
     /// `127.0.0.1:PORT`.
     address: String,
+    /// `127.0.0.1:PORT+1000`.
+    peer_address: String,
     /// `DIR/kv-i.log`.
     log: PathBuf,
 }
@@ -491,6 +505,7 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
         let node = NodeInfo {
             id: member.id.clone(),
             address: member.address.clone(),
+            peer_address: member.peer_address.clone(),
             log: args.data_dir.join(format!("{}.log", member.id)),
         };
         let child = match spawn_node(&binary, &node, &args.data_dir, &config_path) {
@@ -599,8 +614,8 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
     }
 }
 
-/// Starts one node: `kvnode --node-id ID --listen ADDR --data-dir DIR/ID --cluster-config DIR/cluster.json
-/// --context-key-file DIR/context.key`,
+/// Starts one node: `kvnode --node-id ID --listen ADDR --peer-listen PEER_ADDR --data-dir DIR/ID
+/// --cluster-config DIR/cluster.json --context-key-file DIR/context.key`,
 /// stdout piped (for the ready line), stderr appended to the node's log, in its own process group so a
 /// terminal's Ctrl-C reaches kvctl only and kvctl stops the nodes in order.
 fn spawn_node(
@@ -630,6 +645,8 @@ fn spawn_node(
         .arg(&node.id)
         .arg("--listen")
         .arg(&node.address)
+        .arg("--peer-listen")
+        .arg(&node.peer_address)
         .arg("--data-dir")
         .arg(&node_dir)
         .arg("--cluster-config")
@@ -714,7 +731,8 @@ mod tests {
             json,
             serde_json::json!({
                 "cluster": "demo", "epoch": 1,
-                "members": [{"id": "kv-0", "address": "127.0.0.1:9000"}],
+                "members": [{"id": "kv-0", "address": "127.0.0.1:9000",
+                             "peer_address": "127.0.0.1:10000"}],
                 "n": 1, "w": 1, "r": 1, "partitions": 256, "vnodes": 64,
                 "sloppy_quorum": true
             })
@@ -723,8 +741,8 @@ mod tests {
 
     #[test]
     fn local_configs_refuse_bad_ports_and_names() {
-        assert!(local_config("local", 3, 65534).is_err());
-        assert!(local_config("local", 2, 65534).is_ok());
+        assert!(local_config("local", 3, 64534).is_err());
+        assert!(local_config("local", 2, 64534).is_ok());
         assert!(local_config("local", 0, 8080).is_err());
         assert!(local_config("", 3, 8080).is_err());
     }

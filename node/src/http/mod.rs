@@ -2,7 +2,7 @@
 //!
 //! - `kv`: the public key-value routes, which parse and validate requests and call the coordinator;
 //! - `admin`: health, metrics and the `/admin/v1/` routes;
-//! - `peer`: peer RPC, one message in and one answer out;
+//! - `peer`: peer RPC, one message in and one answer out, served on the peer port only;
 //! - `auth`: the bearer tokens, checked in front of every route.
 //!
 //! This module holds what they share, and is the one place where [`Error`]s become HTTP statuses.
@@ -33,9 +33,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use kvapi::{CONTEXT_HEADER, ErrorBody, codes};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::coordinator::Coordinator;
 use crate::error::Error;
@@ -45,6 +47,11 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::rpc::{self, RpcClient};
+use crate::tls::ServerTls;
+
+/// A connection's byte stream, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// Largest `timeout_ms` a request may ask for.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
@@ -104,7 +111,8 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
-/// The router of every HTTP route of the node.
+/// The router of the client port: key-value, health, metrics and admin routes. Peer RPC is not
+/// among them (a 404 here): it is served on the peer port only, see [`peer_router`].
 pub fn router(node: Arc<Node>) -> Router {
     let bound = in_flight::InFlight::new(node.max_requests_in_flight, node.metrics.clone());
     Router::new()
@@ -119,7 +127,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(kvapi::ADMIN_STATUS, any(admin::admin_status))
         .route(kvapi::ADMIN_DIGESTS, any(admin::admin_digests))
         .route(kvapi::ADMIN_DRAIN, any(admin::admin_drain))
-        .route(rpc::RPC_PATH, any(peer::peer_rpc))
         .fallback(no_route)
         // The outermost layer runs first: the in-flight bound also holds back unauthenticated floods.
         .layer(from_fn_with_state(node.auth.clone(), auth::require))
@@ -127,12 +134,26 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
+/// The router of the peer port: peer RPC only, under an in-flight bound of its own (peers are
+/// authenticated by mutual TLS, not by tokens).
+pub fn peer_router(node: Arc<Node>) -> Router {
+    let bound = in_flight::InFlight::new(node.max_requests_in_flight, node.metrics.clone());
+    Router::new()
+        .route(rpc::RPC_PATH, any(peer::peer_rpc))
+        .fallback(no_route)
+        .layer(from_fn_with_state(bound, in_flight::bound_in_flight))
+        .with_state(node)
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish
-/// within the grace period.
+/// within the grace period. With `tls`, each connection first completes a TLS handshake, which must
+/// finish within the header-read timeout: a client that connects and sends nothing gives its
+/// connection slot back then.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -173,12 +194,32 @@ pub async fn serve(
         let mut stream = TimeoutStream::new(stream);
         stream.set_read_timeout(Some(limits.idle_timeout));
         stream.set_write_timeout(Some(limits.write_timeout));
-        let io = TokioIo::new(Box::pin(stream));
+        let stream = Box::pin(stream);
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder.serve_connection(io, service).into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls
+            .as_ref()
+            .map(|config| (TlsAcceptor::from(config()), limits.header_read_timeout));
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
+                Some((acceptor, deadline)) => {
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(?deadline, "TLS handshake not done in time");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(slot);

@@ -244,6 +244,7 @@ mod tests {
                 .map(|i| Member {
                     id: format!("kv-{i}"),
                     address: format!("127.0.0.1:{}", 9000 + i),
+                    peer_address: format!("127.0.0.1:{}", 10_000 + i),
                 })
                 .collect(),
             n: 2,

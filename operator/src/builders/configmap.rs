@@ -43,6 +43,7 @@ mod tests {
             members: vec![Member {
                 id: "kv-0".into(),
                 address: "kv-0.kv-headless.ns.svc:8080".into(),
+                peer_address: "kv-0.kv-headless.ns.svc:7070".into(),
             }],
             n: 1,
             w: 1,

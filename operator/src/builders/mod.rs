@@ -19,12 +19,14 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::KVCluster;
 
-/// The node's HTTP port (client, admin, peer RPC and metrics).
+/// The node's client HTTP port (key-value, admin, health and metrics routes).
 pub const NODE_PORT: u16 = 8080;
-/// The node's peer port (peer RPC only, mutual TLS when configured).
-pub const PEER_PORT: u16 = 7070;
-/// Name of the node's port in the pod and the Services.
+/// Name of the node's client port in the pod and the Services.
 pub const PORT_NAME: &str = "http";
+/// The node's peer port (peer RPC only), published by the headless Service alone.
+pub const PEER_PORT: u16 = 7070;
+/// Name of the node's peer port in the pod and the headless Service.
+pub const PEER_PORT_NAME: &str = "peer";
 /// Key of the cluster config in the ConfigMap, and its file name in the pod.
 pub const CLUSTER_JSON: &str = "cluster.json";
 /// Where the ConfigMap is mounted in the pod.

@@ -5,20 +5,28 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{NODE_PORT, PORT_NAME, SERVICE_ROLE_LABEL, headless_service_name, owned_meta};
+use super::{
+    NODE_PORT, PEER_PORT, PEER_PORT_NAME, PORT_NAME, SERVICE_ROLE_LABEL, headless_service_name,
+    owned_meta,
+};
 use crate::crd::KVCluster;
 
 fn port() -> ServicePort {
+    named_port(PORT_NAME, NODE_PORT)
+}
+
+fn named_port(name: &str, number: u16) -> ServicePort {
     ServicePort {
-        name: Some(PORT_NAME.into()),
-        port: i32::from(NODE_PORT),
-        target_port: Some(IntOrString::String(PORT_NAME.into())),
+        name: Some(name.into()),
+        port: i32::from(number),
+        target_port: Some(IntOrString::String(name.into())),
         protocol: Some("TCP".into()),
         ..ServicePort::default()
     }
 }
 
-/// The headless Service named by the StatefulSet's `serviceName`. It publishes not-ready pods too:
+/// The headless Service named by the StatefulSet's `serviceName`, with the client and the peer port
+/// (peers reach each other by the pods' DNS names under it). It publishes not-ready pods too:
 /// a starting node must reach its peers (and they it) before it can report ready, and the
 /// operator must reach a new pod's admin routes before it joins the ring.
 pub fn headless(kvc: &KVCluster) -> Service {
@@ -33,7 +41,7 @@ pub fn headless(kvc: &KVCluster) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(super::selector_labels(kvc)),
-            ports: Some(vec![port()]),
+            ports: Some(vec![port(), named_port(PEER_PORT_NAME, PEER_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -83,10 +91,16 @@ mod tests {
             selector.get("app.kubernetes.io/name").map(String::as_str),
             Some("kvnode")
         );
-        let ports = spec.ports.unwrap_or_default();
-        assert_eq!(ports.len(), 1);
-        assert_eq!(ports[0].port, 8080);
-        assert_eq!(ports[0].name.as_deref(), Some("http"));
+        let ports: Vec<(Option<String>, i32)> = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.name, p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [(Some("http".into()), 8080), (Some("peer".into()), 7070)]
+        );
     }
 
     #[test]
@@ -102,6 +116,12 @@ mod tests {
         assert_eq!(spec.cluster_ip, None);
         assert_eq!(spec.publish_not_ready_addresses, None);
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
-        assert_eq!(spec.ports.unwrap_or_default()[0].port, 8080);
+        let ports = spec.ports.unwrap_or_default();
+        assert_eq!(
+            ports.len(),
+            1,
+            "peers are not reachable through the client Service"
+        );
+        assert_eq!(ports[0].port, 8080);
     }
 }

@@ -25,8 +25,8 @@ use kube::ResourceExt;
 
 use super::secret::{CONTEXT_KEY, context_key_name};
 use super::{
-    CLUSTER_JSON, CONFIG_DIR, CONTEXT_KEY_DIR, DATA_DIR, NODE_PORT, PORT_NAME, configmap_name,
-    headless_service_name, labels, owned_meta, selector_labels,
+    CLUSTER_JSON, CONFIG_DIR, CONTEXT_KEY_DIR, DATA_DIR, NODE_PORT, PEER_PORT, PEER_PORT_NAME,
+    PORT_NAME, configmap_name, headless_service_name, labels, owned_meta, selector_labels,
 };
 use crate::crd::KVCluster;
 
@@ -83,6 +83,7 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
             ..EnvVar::default()
         },
         env("KVNODE_LISTEN", format!("0.0.0.0:{NODE_PORT}")),
+        env("KVNODE_PEER_LISTEN", format!("0.0.0.0:{PEER_PORT}")),
         env("KVNODE_DATA_DIR", DATA_DIR),
         env(
             "KVNODE_CLUSTER_CONFIG",
@@ -102,6 +103,11 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
             "KVNODE_ADMIN_TOKEN_FILE",
             format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_FILE}"),
         ));
+    } else {
+        // A node bound to 0.0.0.0 with neither an admin token nor peer TLS refuses to start
+        // without this. The operator does not configure peer TLS yet: until it does, a cluster
+        // without an admin token relies on the NetworkPolicy alone for its peer port.
+        vars.push(env("KVNODE_INSECURE", "true"));
     }
     vars
 }
@@ -160,12 +166,20 @@ fn container(kvc: &KVCluster) -> Container {
         image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec!["kvnode".into()]),
         env: Some(node_env(kvc)),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: i32::from(NODE_PORT),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(PORT_NAME.into()),
+                container_port: i32::from(NODE_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(PEER_PORT_NAME.into()),
+                container_port: i32::from(PEER_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         resources: s.resources.clone(),
         // Opening RocksDB after a crash replays the WAL: give it up to 10 minutes before the
         // liveness probe may kill the pod.
@@ -433,6 +447,21 @@ mod tests {
             value_of(c, "KVNODE_LISTEN").as_deref(),
             Some("0.0.0.0:8080")
         );
+        assert_eq!(
+            value_of(c, "KVNODE_PEER_LISTEN").as_deref(),
+            Some("0.0.0.0:7070")
+        );
+        let ports: Vec<(Option<String>, i32)> = c
+            .ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.name, p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [(Some("http".into()), 8080), (Some("peer".into()), 7070)]
+        );
         assert_eq!(value_of(c, "KVNODE_DATA_DIR").as_deref(), Some("/data"));
         assert_eq!(
             value_of(c, "KVNODE_CLUSTER_CONFIG").as_deref(),
@@ -442,6 +471,11 @@ mod tests {
         assert_eq!(value_of(c, "KVNODE_CACHE_SIZE").as_deref(), Some("1GiB"));
         assert_eq!(value_of(c, "KVNODE_PARTITIONS").as_deref(), Some("1024"));
         assert_eq!(env_of(c, "KVNODE_ADMIN_TOKEN"), None);
+        assert_eq!(
+            value_of(c, "KVNODE_INSECURE").as_deref(),
+            Some("true"),
+            "without a token or peer TLS, a node on 0.0.0.0 starts only when told it may"
+        );
     }
 
     #[test]
@@ -453,6 +487,7 @@ mod tests {
         });
         let p = pod(&build(&k, 3));
         let c = &p.containers[0];
+        assert_eq!(env_of(c, "KVNODE_INSECURE"), None);
         // The token itself never appears in the pod spec, not even as a Secret reference in env.
         assert_eq!(env_of(c, "KVNODE_ADMIN_TOKEN"), None);
         assert_eq!(
