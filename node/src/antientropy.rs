@@ -12,7 +12,7 @@
 //! asks every member whether it holds a hint for the partition, and postpones the purge while one
 //! does: a hint older than the tombstone, delivered after the purge, would bring the value back. A
 //! member that cannot answer is passed over, because the hints it holds are dropped unsent once past
-//! the hint TTL, which is shorter than the grace (see `docs/security-peers.md`).
+//! the hint TTL, which is shorter than the grace (see `docs/security.md`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

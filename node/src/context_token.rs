@@ -150,13 +150,20 @@ impl ContextKeys {
 
     /// Encodes the context `vector` of `key` as an authenticated token.
     pub fn encode(&self, key: &[u8], vector: &VersionVector) -> String {
-        let body = TokenBody {
-            key_fingerprint: key_fingerprint(key),
-            vector: vector.clone(),
-        };
+        self.seal(
+            key,
+            &TokenBody {
+                key_fingerprint: key_fingerprint(key),
+                vector: vector.clone(),
+            },
+        )
+    }
+
+    /// The token of `body` for `key`: version byte, body, tag.
+    fn seal(&self, key: &[u8], body: &TokenBody) -> String {
         let mut bytes = vec![CONTEXT_TOKEN_VERSION];
         // Serialising plain structs into a Vec cannot fail.
-        bytes.extend(postcard::to_allocvec(&body).unwrap_or_default());
+        bytes.extend(postcard::to_allocvec(body).unwrap_or_default());
         let tag = hmac::sign(&self.keys[0], &tag_input(key, &bytes));
         bytes.extend_from_slice(tag.as_ref());
         URL_SAFE_NO_PAD.encode(bytes)
@@ -236,17 +243,13 @@ mod tests {
         v
     }
 
-    /// Builds a correctly tagged token around an arbitrary body, as a holder of `keys` could.
+    /// A correctly tagged token around an arbitrary body, as a holder of `keys` could make one.
     fn token_with(keys: &ContextKeys, key: &[u8], fingerprint: u32, v: &VersionVector) -> String {
         let body = TokenBody {
             key_fingerprint: fingerprint,
             vector: v.clone(),
         };
-        let mut bytes = vec![CONTEXT_TOKEN_VERSION];
-        bytes.extend(postcard::to_allocvec(&body).unwrap());
-        let tag = hmac::sign(&keys.keys[0], &tag_input(key, &bytes));
-        bytes.extend_from_slice(tag.as_ref());
-        URL_SAFE_NO_PAD.encode(bytes)
+        keys.seal(key, &body)
     }
 
     #[test]

@@ -614,17 +614,8 @@ impl ControlPlane {
                 name: Some(role.to_string()),
                 ..ObjectMeta::default()
             },
-            role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "ClusterRole".into(),
-                name: role.to_string(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: name.to_string(),
-                namespace: Some(namespace.to_string()),
-                ..Subject::default()
-            }]),
+            role_ref: cluster_role_ref(role),
+            subjects: Some(vec![service_account(namespace, name)]),
         };
         Api::<ClusterRoleBinding>::all(self.client.clone())
             .create(&PostParams::default(), &binding)
@@ -647,17 +638,8 @@ impl ControlPlane {
                 namespace: Some(namespace.to_string()),
                 ..ObjectMeta::default()
             },
-            role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "ClusterRole".into(),
-                name: role.to_string(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: name.to_string(),
-                namespace: Some(sa_namespace.to_string()),
-                ..Subject::default()
-            }]),
+            role_ref: cluster_role_ref(role),
+            subjects: Some(vec![service_account(sa_namespace, name)]),
         };
         Api::<RoleBinding>::namespaced(self.client.clone(), namespace)
             .create(&PostParams::default(), &binding)
@@ -740,6 +722,25 @@ fn write_private(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     file.write_all(text.as_bytes())
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// A reference to ClusterRole `role`.
+fn cluster_role_ref(role: &str) -> RoleRef {
+    RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "ClusterRole".into(),
+        name: role.to_string(),
+    }
+}
+
+/// ServiceAccount `namespace/name` as a binding's subject.
+fn service_account(namespace: &str, name: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: name.to_string(),
+        namespace: Some(namespace.to_string()),
+        ..Subject::default()
+    }
 }
 
 /// `path` relative to the repository root: the `tests/` package's parent, as `cargo test` says at

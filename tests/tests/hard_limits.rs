@@ -91,12 +91,12 @@ async fn requests_beyond_the_in_flight_bound_get_503_with_retry_after() {
 /// Sends `head`, then `trickle` one byte per second, until the node answers or closes; returns what
 /// it did and when. Gives up after `give_up`.
 async fn trickle(
-    node: &NodeProcess,
+    address: std::net::SocketAddr,
     head: &[u8],
     trickle: &[u8],
     give_up: Duration,
 ) -> (Result<RawResponse, RawError>, Duration) {
-    let mut conn = RawConn::connect(node.addr()).await;
+    let mut conn = RawConn::connect(address).await;
     let started = Instant::now();
     let _ = conn.send(head).await;
     for byte in trickle.iter().cycle() {
@@ -125,15 +125,21 @@ async fn one_byte_a_second_is_cut_off_on_every_route() {
     .map(|(method, path)| {
         let head =
             format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n");
+        // Peer RPC is served on the peer port only.
+        let address = if path == kvnode::rpc::RPC_PATH {
+            node.peer_addr()
+        } else {
+            node.addr()
+        };
         async move {
-            let (outcome, after) = trickle(node, head.as_bytes(), b"x", give_up).await;
+            let (outcome, after) = trickle(address, head.as_bytes(), b"x", give_up).await;
             (format!("{method} {path} body"), outcome, after)
         }
     });
     let headers = async {
         let head =
             b"POST /internal/v1/rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n\r\n";
-        let mut conn = RawConn::connect(node.addr()).await;
+        let mut conn = RawConn::connect(node.peer_addr()).await;
         let started = Instant::now();
         let mut outcome = Err(RawError::Timeout);
         for byte in head {
@@ -197,7 +203,7 @@ async fn a_hundred_mib_peer_body_is_refused_early() {
     // With the default caps (64 siblings of 1 MiB) the largest peer message is about 68 MiB: a
     // 100 MiB announcement is refused from its Content-Length alone.
     let node = NodeProcess::start(&[]);
-    let mut conn = RawConn::connect(node.addr()).await;
+    let mut conn = RawConn::connect(node.peer_addr()).await;
     let started = Instant::now();
     conn.send(
         b"POST /internal/v1/rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 104857600\r\n\r\n",
@@ -214,7 +220,7 @@ async fn a_hundred_mib_peer_body_is_refused_early() {
     // refused once the limit is passed, and the node's memory does not grow by the body.
     let node = NodeProcess::start(&["--max-value-bytes", "64KiB", "--max-siblings", "16"]);
     let rss_before = node.rss_kib();
-    let mut conn = RawConn::connect(node.addr()).await;
+    let mut conn = RawConn::connect(node.peer_addr()).await;
     conn.send(
         b"POST /internal/v1/rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
     )

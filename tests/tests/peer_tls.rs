@@ -487,3 +487,36 @@ async fn an_exposed_node_without_a_guard_refuses_to_start_unless_insecure() {
         assert_eq!(ready.status, 200, "{ready}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_speaks_https_with_the_cluster_ca_and_a_token() {
+    let pki = Pki::new("client CA");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("write.token");
+    std::fs::write(&token_file, "wrt-e2e-1\n").unwrap();
+    let node = node_with_client_tls(
+        &pki,
+        &["--write-token-file", token_file.to_str().unwrap()],
+    );
+    let endpoint = node.base_url();
+    let ca = pki.ca();
+    let ca = ca.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = kvcluster_tests::kvctl(&endpoint, args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = run(&["--cacert", ca, "--token", "wrt-e2e-1", "put", "k", "over-tls"]);
+    assert!(ok, "put over https: {err}");
+    let (ok, out, err) = run(&["--cacert", ca, "--token", "wrt-e2e-1", "get", "k"]);
+    assert!(ok, "get over https: {err}");
+    assert_eq!(out.trim(), "over-tls");
+    // Without the CA the server's certificate is not trusted; without the token the node refuses.
+    let (ok, _, err) = run(&["--token", "wrt-e2e-1", "get", "k"]);
+    assert!(!ok, "a certificate of an unknown CA was trusted: {err}");
+    let (ok, _, err) = run(&["--cacert", ca, "get", "k"]);
+    assert!(!ok && err.contains("requires a token"), "{err}");
+}
