@@ -435,6 +435,16 @@ mod tests {
         assert_eq!(c.cache_size.as_u64(), 1024 * 1024);
     }
 
+    /// A complete set of peer TLS flags (the files are read only when the node starts).
+    const PEER_TLS: [&str; 6] = [
+        "--peer-tls-ca",
+        "a",
+        "--peer-tls-cert",
+        "b",
+        "--peer-tls-key",
+        "c",
+    ];
+
     /// `kvnode --data-dir d` plus `extra`.
     fn with(extra: &[&str]) -> Result<NodeConfig, clap::Error> {
         parse(&[&["kvnode", "--data-dir", "d"][..], extra].concat())
@@ -445,14 +455,7 @@ mod tests {
         assert_eq!(with(&[]).unwrap().peer_tls(), Ok(None));
         let partial = with(&["--peer-tls-ca", "ca.pem", "--peer-tls-cert", "c.pem"]);
         assert!(partial.unwrap_err().to_string().contains("all three"));
-        let full = with(&[
-            "--peer-tls-ca",
-            "a",
-            "--peer-tls-cert",
-            "b",
-            "--peer-tls-key",
-            "c",
-        ]);
+        let full = with(&PEER_TLS);
         assert!(full.unwrap().peer_tls().unwrap().is_some());
         assert!(
             with(&["--tls-cert", "c.pem"])
@@ -484,15 +487,7 @@ mod tests {
         assert!(with(&["--listen", "0.0.0.0:8080", "--insecure=true"]).is_ok());
         assert!(with(&["--listen", "0.0.0.0:8080", "--admin-token", "t"]).is_ok());
         assert!(with(&["--listen", "0.0.0.0:8080", "--admin-token", " \n"]).is_err());
-        let tls = [
-            "--peer-tls-ca",
-            "a",
-            "--peer-tls-cert",
-            "b",
-            "--peer-tls-key",
-            "c",
-        ];
-        assert!(with(&[&["--listen", "0.0.0.0:8080"][..], &tls[..]].concat()).is_ok());
+        assert!(with(&[&["--listen", "0.0.0.0:8080"][..], &PEER_TLS[..]].concat()).is_ok());
         assert!(with(&["--listen", "[::1]:8080", "--peer-listen", "127.0.0.2:1"]).is_ok());
     }
 
