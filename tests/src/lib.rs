@@ -1485,6 +1485,11 @@ impl Cluster {
         &self.config
     }
 
+    /// Path of the context key file every node was started with (see [`write_context_key`]).
+    pub fn context_key_path(&self) -> PathBuf {
+        self.config_path.with_file_name("context.key")
+    }
+
     /// Path of the config file every node was started with.
     pub fn config_path(&self) -> &Path {
         &self.config_path

@@ -171,6 +171,8 @@ async fn a_peer_with_a_foreign_ca_cannot_join_read_or_write() {
             format!("kv-{i}"),
             "--cluster-config".to_string(),
             config_path.display().to_string(),
+            "--context-key-file".to_string(),
+            cluster.context_key_path().display().to_string(),
         ]);
         (NodeBuilder::new().args(args).start(), dir)
     };
@@ -294,6 +296,8 @@ async fn rotated_peer_certificates_are_used_by_new_connections() {
         me.peer_address.clone(),
         "--cluster-config".into(),
         config_path.display().to_string(),
+        "--context-key-file".into(),
+        kvcluster_tests::write_context_key(dir.path()),
     ]);
     let node = NodeBuilder::new().without_listen().args(args).start();
     let observer = pki.issue("observer", "127.0.0.1");
@@ -494,10 +498,7 @@ async fn kvctl_speaks_https_with_the_cluster_ca_and_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("write.token");
     std::fs::write(&token_file, "wrt-e2e-1\n").unwrap();
-    let node = node_with_client_tls(
-        &pki,
-        &["--write-token-file", token_file.to_str().unwrap()],
-    );
+    let node = node_with_client_tls(&pki, &["--write-token-file", token_file.to_str().unwrap()]);
     let endpoint = node.base_url();
     let ca = pki.ca();
     let ca = ca.to_str().unwrap();
@@ -509,7 +510,15 @@ async fn kvctl_speaks_https_with_the_cluster_ca_and_a_token() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, _, err) = run(&["--cacert", ca, "--token", "wrt-e2e-1", "put", "k", "over-tls"]);
+    let (ok, _, err) = run(&[
+        "--cacert",
+        ca,
+        "--token",
+        "wrt-e2e-1",
+        "put",
+        "k",
+        "over-tls",
+    ]);
     assert!(ok, "put over https: {err}");
     let (ok, out, err) = run(&["--cacert", ca, "--token", "wrt-e2e-1", "get", "k"]);
     assert!(ok, "get over https: {err}");
