@@ -289,7 +289,11 @@ impl NodeConfig {
 
     /// Whether the admin routes require a token.
     pub fn admin_token_configured(&self) -> bool {
-        self.admin_token.is_some() || self.admin_token_file.is_some()
+        let literal = self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| !t.expose().trim().is_empty());
+        literal || self.admin_token_file.is_some()
     }
 
     /// The peer TLS files, when all three are given; a partial set is an error.
