@@ -30,13 +30,13 @@ impl Drop for StopOnDrop {
 #[test]
 fn kvctl_up_serves_a_three_node_cluster_that_bench_drives_and_sigterm_stops() {
     let data = tempfile::tempdir().unwrap();
-    // kvctl up takes consecutive ports: find three free ones in a row.
+    // kvctl up takes consecutive ports, and the peer ports 1000 above them: find three free ones
+    // in a row whose peer ports are free too.
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let base = (0..50)
         .map(|_| free_ports(1)[0])
-        .find(|&p| {
-            p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
-        })
-        .expect("three consecutive free ports");
+        .find(|&p| p < 64000 && (0..3).all(|i| free(p + i) && free(p + 1000 + i)))
+        .expect("three consecutive free ports with free peer ports");
     let mut up = Command::new(kvctl_bin())
         .args([
             "up",
