@@ -216,16 +216,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             let _ = stopped.wait_for(|stop| *stop).await;
         }
     };
+    let (client_router, peer_router) = http::routers(node.clone());
     let client_port = http::serve(
         listener,
-        http::router(node.clone()),
+        client_router,
         limits.clone(),
         client_tls.map(|t| -> ServerTls { Arc::new(move || t.current()) }),
         until_stopped(),
     );
     let peer_port = http::serve(
         peer_listener,
-        http::peer_router(node.clone()),
+        peer_router,
         limits,
         peer_tls.map(|t| -> ServerTls { Arc::new(move || t.current().server.clone()) }),
         until_stopped(),

@@ -24,7 +24,13 @@ async fn hold_in_flight(node: &NodeProcess, key: &str) -> RawConn {
 }
 
 async fn raw_request(node: &NodeProcess, method: &str, path: &str) -> RawResponse {
-    let mut conn = RawConn::connect(node.addr()).await;
+    // Peer RPC is served on the peer port only; both ports share the node's bound.
+    let address = if path == kvnode::rpc::RPC_PATH {
+        node.peer_addr()
+    } else {
+        node.addr()
+    };
+    let mut conn = RawConn::connect(address).await;
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
     conn.send(request.as_bytes()).await.unwrap();
@@ -42,7 +48,8 @@ async fn requests_beyond_the_in_flight_bound_get_503_with_retry_after() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Client, admin, peer and metrics routes alike are refused at once, without queueing.
+    // Client, admin, peer (on the peer port) and metrics routes alike are refused at once, without
+    // queueing.
     for (method, path) in [
         ("GET", "/v1/kv/other"),
         ("PUT", "/v1/kv/other"),

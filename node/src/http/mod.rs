@@ -111,11 +111,11 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
-/// The router of the client port: key-value, health, metrics and admin routes. Peer RPC is not
-/// among them (a 404 here): it is served on the peer port only, see [`peer_router`].
-pub fn router(node: Arc<Node>) -> Router {
+/// The routers of the client port (key-value, health, metrics and admin routes) and of the peer port
+/// (peer RPC only, a 404 on the client port), under one bound on requests in flight for the node.
+pub fn routers(node: Arc<Node>) -> (Router, Router) {
     let bound = in_flight::InFlight::new(node.max_requests_in_flight, node.metrics.clone());
-    Router::new()
+    let client = Router::new()
         .route("/v1/kv", any(kv::kv))
         .route("/v1/kv/", any(kv::kv))
         .route("/v1/kv/{*key}", any(kv::kv))
@@ -130,19 +130,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(no_route)
         // The outermost layer runs first: the in-flight bound also holds back unauthenticated floods.
         .layer(from_fn_with_state(node.auth.clone(), auth::require))
-        .layer(from_fn_with_state(bound, in_flight::bound_in_flight))
-        .with_state(node)
-}
-
-/// The router of the peer port: peer RPC only, under an in-flight bound of its own (peers are
-/// authenticated by mutual TLS, not by tokens).
-pub fn peer_router(node: Arc<Node>) -> Router {
-    let bound = in_flight::InFlight::new(node.max_requests_in_flight, node.metrics.clone());
-    Router::new()
+        .layer(from_fn_with_state(
+            bound.clone(),
+            in_flight::bound_in_flight,
+        ))
+        .with_state(node.clone());
+    // Peers are authenticated by mutual TLS, not by tokens.
+    let peer = Router::new()
         .route(rpc::RPC_PATH, any(peer::peer_rpc))
         .fallback(no_route)
         .layer(from_fn_with_state(bound, in_flight::bound_in_flight))
-        .with_state(node)
+        .with_state(node);
+    (client, peer)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish
