@@ -27,14 +27,16 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::addressing::AddressSource;
+use crate::builders::secret_mounts::TlsPort;
 use crate::builders::{
-    self, FIELD_MANAGER, cluster_name, configmap, configmap_name, networkpolicy, pdb, pod_name,
-    secret, service, servicemonitor, statefulset,
+    self, FIELD_MANAGER, certificate, cluster_name, configmap, configmap_name, networkpolicy, pdb,
+    pod_name, secret, service, servicemonitor, statefulset,
 };
 use crate::crd::KVCluster;
 use crate::metrics::Metrics;
-use crate::nodeadmin::{NodeAdmin, PutOutcome};
+use crate::nodeadmin::{NodeAccess, NodeAdmin, PutOutcome};
 use crate::plan::{self, Desired, Observed, Plan, PodView};
+use crate::secrets;
 use crate::status::{self, Counts};
 use crate::{Error, Result};
 
@@ -199,40 +201,6 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Label a Secret must carry for the operator to read it as an admin token and mount it into pods.
-pub const ADMIN_TOKEN_LABEL: &str = "kvcluster.io/admin-token";
-
-async fn admin_token(client: &Client, ns: &str, kvc: &KVCluster) -> Result<Option<String>> {
-    let Some(sref) = &kvc.spec.admin_token_secret_ref else {
-        return Ok(None);
-    };
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(&sref.name)
-        .await?
-        .ok_or_else(|| Error::AdminToken(format!("Secret {ns}/{} not found", sref.name)))?;
-    if secret.labels().get(ADMIN_TOKEN_LABEL).map(String::as_str) != Some("true") {
-        // Without the opt-in, anyone allowed to create a KVCluster could have any Secret of the
-        // namespace mounted into pods of an image of their choosing.
-        return Err(Error::AdminToken(format!(
-            "Secret {ns}/{} lacks the label {ADMIN_TOKEN_LABEL}=true that allows kvoperator to use it",
-            sref.name
-        )));
-    }
-    let bytes = secret
-        .data
-        .and_then(|d| d.get(&sref.key).cloned())
-        .ok_or_else(|| {
-            Error::AdminToken(format!("Secret {} has no key {}", sref.name, sref.key))
-        })?;
-    let text = String::from_utf8(bytes.0).map_err(|_| {
-        Error::AdminToken(format!("key {} of {} is not UTF-8", sref.key, sref.name))
-    })?;
-    // Read exactly as the node reads the mounted file; while rotating, the first line is the one sent.
-    let tokens = kvapi::parse_tokens(&text)
-        .map_err(|e| Error::AdminToken(format!("key {} of Secret {}: {e}", sref.key, sref.name)))?;
-    Ok(tokens.first().map(|t| (*t).to_string()))
-}
-
 async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Result<Action> {
     let ns = kvc
         .namespace()
@@ -242,7 +210,9 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
     }
     let name = kvc.name_any();
     let client = &ctx.client;
-    let token = admin_token(client, &ns, kvc).await?;
+    // cert-manager issues the Secrets the next step reads.
+    apply_certificates(client, kvc, &ns).await?;
+    let access = secrets::node_access(client, &ns, kvc).await?;
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -284,7 +254,7 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
     let answers = futures::future::join_all(
         views
             .iter()
-            .map(|v| ctx.admin.get_status(&v.address, token.as_deref())),
+            .map(|v| ctx.admin.get_status(&v.address, &access)),
     )
     .await;
     for (view, answer) in views.iter_mut().zip(answers) {
@@ -312,11 +282,11 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
 
     apply_objects(ctx, kvc, &ns, &plan).await?;
     if let Some(config) = &plan.push {
-        push_config(ctx, &observed.pods, token.as_deref(), config).await?;
+        push_config(ctx, &observed.pods, &access, config).await?;
     }
     for id in &plan.drain {
         if let Some(pod) = observed.pods.iter().find(|p| &p.id == id)
-            && let Err(e) = ctx.admin.drain(&pod.address, token.as_deref()).await
+            && let Err(e) = ctx.admin.drain(&pod.address, &access).await
         {
             warn!(pod = %id, error = %e, "drain failed");
         }
@@ -394,6 +364,30 @@ async fn apply_objects<A: NodeAdmin>(
     Ok(())
 }
 
+/// Applies the cert-manager `Certificate` of each port whose TLS names an issuer.
+async fn apply_certificates(client: &Client, kvc: &KVCluster, ns: &str) -> Result<()> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let api =
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &certificate::api_resource());
+    for port in [TlsPort::Peer, TlsPort::Client] {
+        let Some(cert) = certificate::build(kvc, port) else {
+            continue;
+        };
+        match api.patch(&cert.name_any(), &pp, &Patch::Apply(&cert)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                return Err(Error::Secret(format!(
+                    "spec.tls.{}.issuerRef needs cert-manager, whose Certificate resource is not \
+                     installed in this cluster",
+                    port.as_str()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Creates the context key Secret unless it exists. Never patched: a changed key would make every
 /// context token clients hold invalid.
 async fn ensure_context_key(client: &Client, kvc: &KVCluster, ns: &str) -> Result<()> {
@@ -413,13 +407,13 @@ async fn ensure_context_key(client: &Client, kvc: &KVCluster, ns: &str) -> Resul
 async fn push_config<A: NodeAdmin>(
     ctx: &Context<A>,
     pods: &[PodView],
-    token: Option<&str>,
+    access: &NodeAccess,
     config: &ClusterConfig,
 ) -> Result<()> {
     let mut accepted = 0;
     let mut errors = Vec::new();
     for pod in pods.iter().filter(|p| p.status.is_some()) {
-        match ctx.admin.put_config(&pod.address, token, config).await {
+        match ctx.admin.put_config(&pod.address, access, config).await {
             Ok(PutOutcome::Installed(c)) => {
                 accepted += 1;
                 debug!(pod = %pod.id, epoch = c.epoch, transition = c.in_transition(), "config installed");

@@ -19,7 +19,8 @@ use tower_test::mock::{self, Handle, SendResponse};
 
 use super::*;
 use crate::builders::fixtures::kvc;
-use crate::nodeadmin::{AdminError, NodeAdmin, PutOutcome};
+use crate::crd::SECRET_OPT_IN_LABEL;
+use crate::nodeadmin::{AdminError, NodeAccess, NodeAdmin, PutOutcome};
 use crate::plan::tests::{config, status_with};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -72,7 +73,7 @@ impl NodeAdmin for FakeNodes {
     fn get_status<'a>(
         &'a self,
         address: &'a str,
-        _token: Option<&'a str>,
+        _access: &'a NodeAccess,
     ) -> BoxFuture<'a, Result<NodeStatus, AdminError>> {
         Box::pin(async move {
             self.record(Call::Status(address.into()));
@@ -87,7 +88,7 @@ impl NodeAdmin for FakeNodes {
     fn put_config<'a>(
         &'a self,
         address: &'a str,
-        _token: Option<&'a str>,
+        _access: &'a NodeAccess,
         config: &'a ClusterConfig,
     ) -> BoxFuture<'a, Result<PutOutcome, AdminError>> {
         Box::pin(async move {
@@ -105,7 +106,7 @@ impl NodeAdmin for FakeNodes {
     fn drain<'a>(
         &'a self,
         address: &'a str,
-        _token: Option<&'a str>,
+        _access: &'a NodeAccess,
     ) -> BoxFuture<'a, Result<(), AdminError>> {
         Box::pin(async move {
             self.record(Call::Drain(address.into()));
@@ -743,7 +744,7 @@ async fn an_admin_token_secret_without_the_opt_in_label_is_refused_before_anythi
 -> TestResult {
     let (ctx, handle) = context(FakeNodes::default(), ServiceMonitorMode::Never);
     let mut resource = kvc(3, 3, 2, 2);
-    resource.spec.admin_token_secret_ref = Some(crate::crd::SecretKeyRef {
+    resource.spec.auth.admin_token_secret_ref = Some(crate::crd::SecretKeyRef {
         name: "db-password".into(),
         key: "token".into(),
     });
@@ -761,8 +762,8 @@ async fn an_admin_token_secret_without_the_opt_in_label_is_refused_before_anythi
     let Err(error) = result else {
         return Err("reconcile went on with an unlabelled Secret".into());
     };
-    assert_eq!(error.metric_label(), "admin_token");
-    assert!(error.to_string().contains(ADMIN_TOKEN_LABEL), "{error}");
+    assert_eq!(error.metric_label(), "secret");
+    assert!(error.to_string().contains(SECRET_OPT_IN_LABEL), "{error}");
     api.done().await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! - [`builders`]: every owned Kubernetes object as a pure function of the resource.
 //! - [`plan`]: the reconciler's decisions as a pure function of what it observed.
 //! - [`controller`]: the I/O around them: read the cluster and the nodes, apply, push, report.
-//! - [`nodeadmin`], [`addressing`]: how the operator reaches the nodes.
+//! - [`nodeadmin`], [`addressing`], [`secrets`]: how the operator reaches the nodes.
 //! - [`leader`], [`metrics`], [`rbac`]: running it as a (replicated) Deployment.
 
 pub mod addressing;
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nodeadmin;
 pub mod plan;
 pub mod rbac;
+pub mod secrets;
 pub mod status;
 
 /// Everything that can fail in the operator.
@@ -31,9 +32,9 @@ pub enum Error {
     /// The resource lacks something the API server always sets (namespace, uid).
     #[error("resource is missing {0}")]
     MissingField(&'static str),
-    /// The admin token Secret is missing or lacks its key.
-    #[error("admin token: {0}")]
-    AdminToken(String),
+    /// A Secret the resource names is missing, lacks the opt-in label, or lacks a key.
+    #[error("secret: {0}")]
+    Secret(String),
     /// The address override file could not be read.
     #[error("address override file: {0}")]
     AddressOverride(String),
@@ -52,7 +53,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Json(_) => "json",
             Error::MissingField(_) => "missing_field",
-            Error::AdminToken(_) => "admin_token",
+            Error::Secret(_) => "secret",
             Error::AddressOverride(_) => "address_override",
             Error::Push(_) => "push",
         }

@@ -1,24 +1,21 @@
 //! Talking to the nodes' admin routes: the one place the operator reaches past the Kubernetes API.
 //!
 //! [`NodeAdmin`] is a small trait so the reconciler can be tested against fake nodes; [`HttpAdmin`]
-//! is the real client (HTTP/1.1 JSON, optional bearer token, short timeouts: an unreachable node
-//! must not hold up a reconcile).
+//! is the real client: `kvclient` (HTTP/1.1 JSON, https trusting only the cluster's CA when the
+//! client port speaks TLS, the admin bearer token), with short timeouts so an unreachable node does
+//! not hold up a reconcile.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use kvapi::{ClusterConfig, ErrorBody, NodeStatus};
+use kvapi::{ClusterConfig, NodeStatus};
 
 /// Why an admin call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdminError {
-    /// No answer: connection refused, DNS failure, timeout.
+    /// No answer: connection refused, DNS failure, timeout, TLS handshake refused.
     #[error("node unreachable: {0}")]
     Unreachable(String),
     /// The node answered with an error status.
@@ -47,20 +44,49 @@ pub enum PutOutcome {
     TransitionInProgress,
 }
 
-/// The admin calls the reconciler makes. `address` is `host:port`; `token` the bearer token.
+/// How the operator reaches one cluster's nodes: the admin token it sends, and the CA it trusts
+/// when their client port speaks TLS (then it speaks https, else plain http).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct NodeAccess {
+    /// Bearer token of the admin routes.
+    pub token: Option<String>,
+    /// PEM of the CA that signs the nodes' client-port certificates.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for NodeAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAccess")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("https", &self.ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl NodeAccess {
+    fn scheme(&self) -> &'static str {
+        if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// The admin calls the reconciler makes. `address` is `host:port`.
 pub trait NodeAdmin: Send + Sync + 'static {
     /// `GET /admin/v1/status`.
     fn get_status<'a>(
         &'a self,
         address: &'a str,
-        token: Option<&'a str>,
+        access: &'a NodeAccess,
     ) -> BoxFuture<'a, Result<NodeStatus, AdminError>>;
 
     /// `PUT /admin/v1/cluster`.
     fn put_config<'a>(
         &'a self,
         address: &'a str,
-        token: Option<&'a str>,
+        access: &'a NodeAccess,
         config: &'a ClusterConfig,
     ) -> BoxFuture<'a, Result<PutOutcome, AdminError>>;
 
@@ -68,101 +94,85 @@ pub trait NodeAdmin: Send + Sync + 'static {
     fn drain<'a>(
         &'a self,
         address: &'a str,
-        token: Option<&'a str>,
+        access: &'a NodeAccess,
     ) -> BoxFuture<'a, Result<(), AdminError>>;
 }
 
+/// Clients kept for reuse (their connection pools) before the cache is emptied: one per cluster
+/// and token, so this only bounds what rotated tokens and deleted clusters leave behind.
+const MAX_CACHED_CLIENTS: usize = 256;
+
 /// The real admin client.
-#[derive(Clone)]
 pub struct HttpAdmin {
-    client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    clients: Mutex<HashMap<NodeAccess, kvclient::Client>>,
 }
 
 impl HttpAdmin {
-    /// A client whose every call (connect, send, read the answer) ends within `timeout`.
+    /// A client whose every call (connect, TLS, send, read the answer) ends within `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Self { client, timeout }
+        Self {
+            timeout,
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        address: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes), AdminError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{address}{path}"))
-            .header(header::ACCEPT, "application/json");
-        if let Some(token) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    /// A client of the node at `address` with `access`'s token and trust, sharing the connection
+    /// pool of every call made with the same access.
+    fn client(&self, address: &str, access: &NodeAccess) -> Result<kvclient::Client, AdminError> {
+        let endpoint = format!("{}://{address}", access.scheme());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(access) {
+            return client.at(&endpoint).map_err(unreachable);
         }
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
+        let mut builder = kvclient::Client::builder(&endpoint).timeout(self.timeout);
+        if let Some(token) = &access.token {
+            builder = builder.token(token);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| AdminError::Unreachable(format!("bad request for {address}: {e}")))?;
-        let answer = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| AdminError::Unreachable(format!("{address}: {e}")))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| AdminError::Unreachable(format!("{address}: {e}")))?
-                .to_bytes();
-            Ok((status, bytes))
-        };
-        tokio::time::timeout(self.timeout, answer)
-            .await
-            .map_err(|_| AdminError::Unreachable(format!("{address}: timed out")))?
+        if let Some(pem) = &access.ca_pem {
+            builder = builder.ca_cert_pem(pem.clone());
+        }
+        let client = builder.build().map_err(unreachable)?;
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(access.clone(), client.clone());
+        Ok(client)
     }
 }
 
-fn refused(status: StatusCode, body: &[u8]) -> AdminError {
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) => AdminError::Refused {
-            status: status.as_u16(),
-            code: e.error,
-            message: e.message,
+/// An error of the client before any answer: the node cannot be reached (or the settings cannot
+/// be used, which looks the same to the reconciler: no answer).
+fn unreachable(e: kvclient::Error) -> AdminError {
+    AdminError::Unreachable(e.to_string())
+}
+
+/// Maps a failed call: the node's error answer, a broken answer, or no answer.
+fn admin_error(e: kvclient::Error) -> AdminError {
+    match e {
+        kvclient::Error::Server { status, body } => AdminError::Refused {
+            status,
+            code: body.error,
+            message: body.message,
         },
-        Err(_) => AdminError::Refused {
-            status: status.as_u16(),
-            code: String::new(),
-            message: String::from_utf8_lossy(body).into_owned(),
-        },
+        kvclient::Error::InvalidResponse(m) => AdminError::BadAnswer(m),
+        other => unreachable(other),
     }
 }
 
-/// Maps the node's answer to a PUT of its config.
-pub fn put_outcome(status: StatusCode, body: &[u8]) -> Result<PutOutcome, AdminError> {
-    if status.is_success() {
-        return serde_json::from_slice(body)
-            .map(|c| PutOutcome::Installed(Box::new(c)))
-            .map_err(|e| AdminError::BadAnswer(e.to_string()));
-    }
-    match refused(status, body) {
-        AdminError::Refused {
+/// Maps the outcome of a PUT of a config: the two conflicts the reconciler expects are outcomes.
+pub fn put_outcome(
+    answer: Result<ClusterConfig, kvclient::Error>,
+) -> Result<PutOutcome, AdminError> {
+    match answer.map_err(admin_error) {
+        Ok(config) => Ok(PutOutcome::Installed(Box::new(config))),
+        Err(AdminError::Refused {
             status: 409, code, ..
-        } if code == kvapi::codes::STALE_EPOCH => Ok(PutOutcome::StaleEpoch),
-        AdminError::Refused {
+        }) if code == kvapi::codes::STALE_EPOCH => Ok(PutOutcome::StaleEpoch),
+        Err(AdminError::Refused {
             status: 409, code, ..
-        } if code == kvapi::codes::TRANSITION_IN_PROGRESS => Ok(PutOutcome::TransitionInProgress),
-        other => Err(other),
+        }) if code == kvapi::codes::TRANSITION_IN_PROGRESS => Ok(PutOutcome::TransitionInProgress),
+        Err(other) => Err(other),
     }
 }
 
@@ -170,55 +180,34 @@ impl NodeAdmin for HttpAdmin {
     fn get_status<'a>(
         &'a self,
         address: &'a str,
-        token: Option<&'a str>,
+        access: &'a NodeAccess,
     ) -> BoxFuture<'a, Result<NodeStatus, AdminError>> {
         Box::pin(async move {
-            let (status, body) = self
-                .call(Method::GET, address, kvapi::ADMIN_STATUS, token, None)
-                .await?;
-            if !status.is_success() {
-                return Err(refused(status, &body));
-            }
-            serde_json::from_slice(&body).map_err(|e| AdminError::BadAnswer(e.to_string()))
+            let client = self.client(address, access)?;
+            client.status().await.map_err(admin_error)
         })
     }
 
     fn put_config<'a>(
         &'a self,
         address: &'a str,
-        token: Option<&'a str>,
+        access: &'a NodeAccess,
         config: &'a ClusterConfig,
     ) -> BoxFuture<'a, Result<PutOutcome, AdminError>> {
         Box::pin(async move {
-            let body =
-                serde_json::to_vec(config).map_err(|e| AdminError::BadAnswer(e.to_string()))?;
-            let (status, answer) = self
-                .call(
-                    Method::PUT,
-                    address,
-                    kvapi::ADMIN_CLUSTER,
-                    token,
-                    Some(body),
-                )
-                .await?;
-            put_outcome(status, &answer)
+            let client = self.client(address, access)?;
+            put_outcome(client.put_cluster(config).await)
         })
     }
 
     fn drain<'a>(
         &'a self,
         address: &'a str,
-        token: Option<&'a str>,
+        access: &'a NodeAccess,
     ) -> BoxFuture<'a, Result<(), AdminError>> {
         Box::pin(async move {
-            let (status, body) = self
-                .call(Method::POST, address, kvapi::ADMIN_DRAIN, token, None)
-                .await?;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(refused(status, &body))
-            }
+            let client = self.client(address, access)?;
+            client.drain().await.map(|_| ()).map_err(admin_error)
         })
     }
 }
@@ -226,35 +215,57 @@ impl NodeAdmin for HttpAdmin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
+
+    fn refusal(status: u16, code: &str) -> kvclient::Error {
+        kvclient::Error::Server {
+            status,
+            body: kvapi::ErrorBody {
+                error: code.into(),
+                message: "m".into(),
+                context: None,
+                replied: None,
+                required: None,
+            },
+        }
+    }
 
     #[test]
     fn conflicts_of_a_put_are_outcomes_not_errors() {
-        let stale = br#"{"error":"stale_epoch","message":"epoch 3 is not newer than 4"}"#;
         assert_eq!(
-            put_outcome(StatusCode::CONFLICT, stale),
+            put_outcome(Err(refusal(409, "stale_epoch"))),
             Ok(PutOutcome::StaleEpoch)
         );
-        let busy = br#"{"error":"transition_in_progress","message":"wait"}"#;
         assert_eq!(
-            put_outcome(StatusCode::CONFLICT, busy),
+            put_outcome(Err(refusal(409, "transition_in_progress"))),
             Ok(PutOutcome::TransitionInProgress)
         );
-        let bad = br#"{"error":"bad_config","message":"w > n"}"#;
         assert!(matches!(
-            put_outcome(StatusCode::BAD_REQUEST, bad),
+            put_outcome(Err(refusal(400, "bad_config"))),
             Err(AdminError::Refused { status: 400, code, .. }) if code == "bad_config"
         ));
         assert!(matches!(
-            put_outcome(StatusCode::UNAUTHORIZED, b"nope"),
+            put_outcome(Err(refusal(401, "unauthorized"))),
             Err(AdminError::Refused { status: 401, .. })
         ));
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let access = NodeAccess {
+            token: Some("s3cret".into()),
+            ca_pem: None,
+        };
+        assert!(!format!("{access:?}").contains("s3cret"));
     }
 
     #[tokio::test]
     async fn an_unreachable_node_fails_fast() {
         let admin = HttpAdmin::new(Duration::from_millis(500));
         // Port 9 (discard) on loopback: nothing listens there in the test environment.
-        let err = admin.get_status("127.0.0.1:9", None).await;
+        let err = admin
+            .get_status("127.0.0.1:9", &NodeAccess::default())
+            .await;
         assert!(matches!(err, Err(AdminError::Unreachable(_))), "{err:?}");
     }
 
@@ -282,9 +293,13 @@ mod tests {
         let addr = listener.local_addr()?.to_string();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let admin = HttpAdmin::new(Duration::from_secs(2));
-        assert_eq!(admin.get_status(&addr, Some("s3cret")).await?, status);
+        let with_token = NodeAccess {
+            token: Some("s3cret".into()),
+            ca_pem: None,
+        };
+        assert_eq!(admin.get_status(&addr, &with_token).await?, status);
         assert!(matches!(
-            admin.get_status(&addr, None).await,
+            admin.get_status(&addr, &NodeAccess::default()).await,
             Err(AdminError::Refused { status: 401, code, .. }) if code == "unauthorized"
         ));
         server.abort();

@@ -3,8 +3,8 @@
 //!
 //! Least privilege: no wildcards, no `delete` (owner references let the garbage collector remove
 //! owned objects), no `pods/exec`, read-only pods, and on Secrets only `create`, for the context key
-//! Secret of a new cluster (which the operator never reads back). Reading a Secret (the
-//! `adminTokenSecretRef` spec field) is a second role, [`secret_reader_role`], bound per namespace.
+//! Secret of a new cluster (which the operator never reads back). Reading a Secret (those named in
+//! `spec.auth` and `spec.tls`) is a second role, [`secret_reader_role`], bound per namespace.
 //! `create` accompanies `patch` where server-side apply may create the object.
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
@@ -63,6 +63,12 @@ pub fn rules() -> Vec<PolicyRule> {
             &["leases"],
             &["get", "create", "update"],
         ),
+        // cert-manager Certificates of clusters whose spec.tls names an issuer.
+        rule(
+            "cert-manager.io",
+            &["certificates"],
+            &["get", "create", "patch"],
+        ),
         // ServiceMonitors, when the Prometheus Operator's CRD is installed.
         rule(
             "monitoring.coreos.com",
@@ -73,9 +79,9 @@ pub fn rules() -> Vec<PolicyRule> {
 }
 
 /// The ClusterRole `kvoperator-secret-reader`: `get` on Secrets, granted per namespace by a
-/// RoleBinding (never a ClusterRoleBinding), only where a cluster names an admin token Secret. The
-/// operator then reads Secrets of those namespaces only, and of those only the ones labelled
-/// [`crate::controller::ADMIN_TOKEN_LABEL`].
+/// RoleBinding (never a ClusterRoleBinding), only where a cluster names Secrets in `spec.auth` or
+/// `spec.tls`. The operator then reads Secrets of those namespaces only, and of those uses only the
+/// ones labelled [`crate::crd::SECRET_OPT_IN_LABEL`].
 pub fn secret_reader_role() -> ClusterRole {
     ClusterRole {
         metadata: ObjectMeta {

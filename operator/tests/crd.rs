@@ -90,7 +90,12 @@ fn structurally_bad_specs_are_refused() -> TestResult {
         ("image", json!("")),
         ("imagePullPolicy", json!("Sometimes")),
         ("storage", json!({"storageClassName": "fast"})),
-        ("adminTokenSecretRef", json!({"key": "token"})),
+        ("auth", json!({"adminTokenSecretRef": {"key": "token"}})),
+        (
+            "tls",
+            json!({"peer": {"issuerRef": {"name": "ca", "kind": "Vault"}}}),
+        ),
+        ("tls", json!({"client": {"secretName": ""}})),
     ];
     for (field, value) in bad {
         let mut doc = good.clone();

@@ -527,6 +527,19 @@ impl ControlPlane {
             .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
     }
 
+    /// Creates namespace `name` enforcing the Pod Security "restricted" profile, so every Pod made
+    /// there from an operator's template is checked against it.
+    pub async fn create_restricted_namespace(&self, name: &str) {
+        self.create_namespace(
+            name,
+            &[
+                ("pod-security.kubernetes.io/enforce", "restricted"),
+                ("pod-security.kubernetes.io/enforce-version", "latest"),
+            ],
+        )
+        .await;
+    }
+
     /// Creates the CRD in `path` (YAML) and waits until it is Established and its resource is
     /// listed through the API.
     pub async fn install_crd(&self, path: &Path) -> CustomResourceDefinition {

@@ -19,6 +19,7 @@
 
 pub mod chaos;
 pub mod kube;
+pub mod kubelet;
 pub mod load;
 pub mod tls;
 

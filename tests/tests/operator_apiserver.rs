@@ -14,8 +14,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use kvcluster_tests::kube::{ControlPlane, client_from_kubeconfig, repo_path};
-use kvoperator::controller::ADMIN_TOKEN_LABEL;
 use kvoperator::crd::KVCluster;
+use kvoperator::crd::SECRET_OPT_IN_LABEL;
 use serde_json::{Value, json};
 
 fn yaml_file(path: &std::path::Path) -> Value {
@@ -59,6 +59,11 @@ fn expected_refusal(file: &str) -> (&'static str, &'static str) {
         "negative-storage-size.yaml" => (
             "CEL",
             "storage.size must be a positive quantity such as 10Gi",
+        ),
+        "tls-secret-and-issuer.yaml" => ("CEL", "set exactly one of secretName and issuerRef"),
+        "metrics-token-without-data-token.yaml" => (
+            "CEL",
+            "metricsNeedToken needs readTokenSecretRef or writeTokenSecretRef",
         ),
         other => panic!(
             "operator/examples/invalid/{other} has no expected refusal in this test: add it to expected_refusal"
@@ -414,7 +419,7 @@ async fn the_operator_service_account_gets_exactly_its_rbac() {
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some("admin-token".into()),
-            labels: Some([(ADMIN_TOKEN_LABEL.to_string(), "true".to_string())].into()),
+            labels: Some([(SECRET_OPT_IN_LABEL.to_string(), "true".to_string())].into()),
             ..Default::default()
         },
         string_data: Some([("token".to_string(), "s3cret".to_string())].into()),

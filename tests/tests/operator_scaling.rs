@@ -19,14 +19,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret, Service, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use kvapi::NodeStatus;
 use kvcluster_tests::kube::{ControlPlane, OperatorProcess};
+use kvcluster_tests::kubelet;
 use kvcluster_tests::load::{LoadLimits, WriteLoad};
 use kvcluster_tests::{KvClient, NodeBuilder, NodeProcess, free_ports, wait_for_status};
 use kvoperator::crd::{Consistency, KVCluster};
@@ -250,7 +251,7 @@ impl FakeKubelets {
                 KvClient::with_timeout(&node.base_url(), Duration::from_secs(2)),
             );
             self.nodes.insert(i, node);
-            self.create_pod(i, sts).await;
+            kubelet::create_pod(&self.client, sts, i).await;
         }
         if !self.marked_ready.contains(&i)
             && wait_for_status(
@@ -261,16 +262,7 @@ impl FakeKubelets {
             )
             .await
         {
-            let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let ready = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
-            let status = json!({"status": {
-                "phase": "Running",
-                "conditions": [ready("Initialized"), ready("ContainersReady"), ready("Ready"), ready("PodScheduled")],
-            }});
-            self.pods()
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .unwrap_or_else(|e| panic!("mark {name} Ready: {e}"));
+            kubelet::mark_ready(&self.client, NS, &name).await;
             self.marked_ready.insert(i);
             self.timeline
                 .lock()
@@ -279,65 +271,6 @@ impl FakeKubelets {
                 .push((name.clone(), Instant::now()));
             eprintln!("kubelets: {name} Ready");
         }
-    }
-
-    /// Creates Pod `i` from the StatefulSet's template, as the StatefulSet controller does: its
-    /// labels, the pod-name label, hostname and subdomain, the claim of the volume template, and
-    /// the StatefulSet as controller. The API server validates it (and the namespace enforces the
-    /// Pod Security "restricted" profile).
-    async fn create_pod(&self, i: u32, sts: &StatefulSet) {
-        let name = pod_name(i);
-        if self.pods().get_opt(&name).await.unwrap().is_some() {
-            return;
-        }
-        let spec = sts.spec.clone();
-        let template = spec.template;
-        let mut labels = template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default();
-        labels.insert("statefulset.kubernetes.io/pod-name".into(), name.clone());
-        labels.insert("apps.kubernetes.io/pod-index".into(), i.to_string());
-        let mut pod_spec: PodSpec = template.spec.clone().expect("template spec");
-        pod_spec.hostname = Some(name.clone());
-        pod_spec.subdomain = spec.service_name.clone();
-        let volumes = pod_spec.volumes.get_or_insert_with(Vec::new);
-        for claim in spec.volume_claim_templates.unwrap_or_default() {
-            let claim_name = claim.metadata.name.clone().expect("claim template name");
-            volumes.push(Volume {
-                name: claim_name.clone(),
-                persistent_volume_claim: Some(
-                    k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
-                        claim_name: format!("{claim_name}-{name}"),
-                        read_only: None,
-                    },
-                ),
-                ..Volume::default()
-            });
-        }
-        let pod = Pod {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(NS.into()),
-                labels: Some(labels),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "apps/v1".into(),
-                    kind: "StatefulSet".into(),
-                    name: NAME.into(),
-                    uid: sts.uid().expect("StatefulSet uid"),
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                }]),
-                ..ObjectMeta::default()
-            },
-            spec: Some(pod_spec),
-            status: None,
-        };
-        self.pods()
-            .create(&PostParams::default(), &pod)
-            .await
-            .unwrap_or_else(|e| panic!("create pod {name} from the StatefulSet template: {e}"));
     }
 }
 
@@ -451,15 +384,7 @@ async fn operator_scales_a_ring_3_to_5_to_3_under_load_and_changes_quorums_in_pl
     plane.install_kvcluster_crd().await;
     let admin = plane.client();
     // Pods made from the template must pass the Pod Security "restricted" profile.
-    plane
-        .create_namespace(
-            NS,
-            &[
-                ("pod-security.kubernetes.io/enforce", "restricted"),
-                ("pod-security.kubernetes.io/enforce-version", "latest"),
-            ],
-        )
-        .await;
+    plane.create_restricted_namespace(NS).await;
 
     // The operator's identity: its ServiceAccount bound to the ClusterRole of operator/rbac.yaml.
     Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())

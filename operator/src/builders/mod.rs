@@ -4,10 +4,12 @@
 //! Nothing here talks to the API server: the reconciler applies what these functions return with
 //! server-side apply, and the unit tests read the objects field by field.
 
+pub mod certificate;
 pub mod configmap;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod secret;
+pub mod secret_mounts;
 pub mod service;
 pub mod servicemonitor;
 pub mod statefulset;
@@ -131,7 +133,8 @@ pub(crate) mod fixtures {
                 resources: None,
                 cache_size: "64Mi".into(),
                 durability: Durability::Periodic,
-                admin_token_secret_ref: None,
+                auth: Default::default(),
+                tls: Default::default(),
                 network_policy: Default::default(),
             },
             status: None,

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::secret::{CONTEXT_KEY, context_key_name};
+use super::secret_mounts::{SecretMount, secret_mounts};
 use super::{
     CLUSTER_JSON, CONFIG_DIR, CONTEXT_KEY_DIR, DATA_DIR, NODE_PORT, PEER_PORT, PEER_PORT_NAME,
     PORT_NAME, configmap_name, headless_service_name, labels, owned_meta, selector_labels,
@@ -41,14 +42,6 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 120;
 pub const NODE_SHUTDOWN_GRACE: &str = "30s";
 /// Name of the data volume claim template (the PVCs are `data-<pod>`).
 pub const DATA_VOLUME: &str = "data";
-
-/// Name of the volume of the admin token Secret.
-pub const ADMIN_TOKEN_VOLUME: &str = "admin-token";
-/// Where the admin token Secret is mounted in the pod (beside the ConfigMap, not inside its
-/// read-only mount).
-pub const ADMIN_TOKEN_DIR: &str = "/etc/kvcluster-admin-token";
-/// The admin token's file in [`ADMIN_TOKEN_DIR`], whatever the Secret's key is called.
-pub const ADMIN_TOKEN_FILE: &str = "token";
 
 /// The cache size in the node's spelling: Kubernetes binary suffixes become `KiB`/`MiB`/`GiB`.
 pub fn node_cache_size(quantity: &str) -> String {
@@ -98,57 +91,32 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
         env("KVNODE_PARTITIONS", s.partitions.to_string()),
         env("KVNODE_SHUTDOWN_GRACE", NODE_SHUTDOWN_GRACE),
     ];
-    if s.admin_token_secret_ref.is_some() {
-        vars.push(env(
-            "KVNODE_ADMIN_TOKEN_FILE",
-            format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_FILE}"),
-        ));
-    } else {
+    let mounts = secret_mounts(kvc);
+    vars.extend(mounts.iter().flat_map(SecretMount::env));
+    if s.auth.metrics_need_token {
+        vars.push(env("KVNODE_METRICS_AUTH", "true"));
+    }
+    if s.auth.admin_token_secret_ref.is_none() && s.tls.peer.is_none() {
         // A node bound to 0.0.0.0 with neither an admin token nor peer TLS refuses to start
-        // without this. The operator does not configure peer TLS yet: until it does, a cluster
-        // without an admin token relies on the NetworkPolicy alone for its peer port.
+        // without this: such a cluster relies on the NetworkPolicy alone for its peer port.
         vars.push(env("KVNODE_INSECURE", "true"));
     }
     vars
 }
 
-/// The admin token Secret as a volume holding one file, [`ADMIN_TOKEN_FILE`], and its read-only
-/// mount at [`ADMIN_TOKEN_DIR`]. A mounted file (not an environment variable) keeps the token out of
-/// the pod spec's environment and lets a rotated Secret reach the running node, which re-reads it.
-/// No `subPath`: the kubelet only refreshes whole-volume mounts.
-fn admin_token_volume(kvc: &KVCluster) -> Option<(Volume, VolumeMount)> {
-    let secret = kvc.spec.admin_token_secret_ref.as_ref()?;
-    let volume = Volume {
-        name: ADMIN_TOKEN_VOLUME.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.name.clone()),
-            items: Some(vec![KeyToPath {
-                key: secret.key.clone(),
-                path: ADMIN_TOKEN_FILE.into(),
-                ..KeyToPath::default()
-            }]),
-            // Owner and the pod's fsGroup may read it; nobody may write it.
-            default_mode: Some(0o440),
-            optional: Some(false),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
+/// A probe of a health route; HTTPS when the client port speaks TLS (the kubelet does not verify
+/// the certificate).
+fn http_probe(kvc: &KVCluster, path: &str, period: i32, failures: i32) -> Probe {
+    let scheme = if kvc.spec.tls.client.is_some() {
+        "HTTPS"
+    } else {
+        "HTTP"
     };
-    let mount = VolumeMount {
-        name: ADMIN_TOKEN_VOLUME.into(),
-        mount_path: ADMIN_TOKEN_DIR.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    };
-    Some((volume, mount))
-}
-
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String(PORT_NAME.into()),
-            scheme: Some("HTTP".into()),
+            scheme: Some(scheme.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -183,9 +151,9 @@ fn container(kvc: &KVCluster) -> Container {
         resources: s.resources.clone(),
         // Opening RocksDB after a crash replays the WAL: give it up to 10 minutes before the
         // liveness probe may kill the pod.
-        startup_probe: Some(http_probe(kvapi::HEALTH_LIVE, 5, 120)),
-        liveness_probe: Some(http_probe(kvapi::HEALTH_LIVE, 10, 6)),
-        readiness_probe: Some(http_probe(kvapi::HEALTH_READY, 5, 3)),
+        startup_probe: Some(http_probe(kvc, kvapi::HEALTH_LIVE, 5, 120)),
+        liveness_probe: Some(http_probe(kvc, kvapi::HEALTH_LIVE, 10, 6)),
+        readiness_probe: Some(http_probe(kvc, kvapi::HEALTH_READY, 5, 3)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(RUN_AS_USER),
@@ -226,12 +194,10 @@ fn container(kvc: &KVCluster) -> Container {
         ]),
         ..Container::default()
     };
-    if let Some((_, mount)) = admin_token_volume(kvc) {
-        container
-            .volume_mounts
-            .get_or_insert_with(Vec::new)
-            .push(mount);
-    }
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .extend(secret_mounts(kvc).iter().map(SecretMount::mount));
     container
 }
 
@@ -322,9 +288,10 @@ pub fn build(kvc: &KVCluster, replicas: u32) -> StatefulSet {
         ]),
         ..PodSpec::default()
     };
-    if let Some((volume, _)) = admin_token_volume(kvc) {
-        pod_spec.volumes.get_or_insert_with(Vec::new).push(volume);
-    }
+    pod_spec
+        .volumes
+        .get_or_insert_with(Vec::new)
+        .extend(secret_mounts(kvc).iter().map(SecretMount::volume));
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(DATA_VOLUME.into()),
@@ -385,7 +352,7 @@ pub fn build(kvc: &KVCluster, replicas: u32) -> StatefulSet {
 mod tests {
     use super::*;
     use crate::builders::fixtures::kvc;
-    use crate::crd::{Durability, ImagePullPolicy, SecretKeyRef};
+    use crate::crd::{CertificateSource, Durability, ImagePullPolicy, SecretKeyRef};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn pod(sts: &StatefulSet) -> PodSpec {
@@ -481,7 +448,7 @@ mod tests {
     #[test]
     fn admin_token_is_the_named_secret_mounted_as_a_file() {
         let mut k = kvc(3, 3, 2, 2);
-        k.spec.admin_token_secret_ref = Some(SecretKeyRef {
+        k.spec.auth.admin_token_secret_ref = Some(SecretKeyRef {
             name: "kv-admin".into(),
             key: "admin.txt".into(),
         });
@@ -498,7 +465,7 @@ mod tests {
             .volumes
             .unwrap_or_default()
             .into_iter()
-            .find(|v| v.name == ADMIN_TOKEN_VOLUME)
+            .find(|v| v.name == "admin-token")
             .and_then(|v| v.secret)
             .unwrap_or_default();
         assert_eq!(volume.secret_name.as_deref(), Some("kv-admin"));
@@ -514,9 +481,9 @@ mod tests {
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .find(|m| m.name == ADMIN_TOKEN_VOLUME)
+            .find(|m| m.name == "admin-token")
             .unwrap_or_default();
-        assert_eq!(mount.mount_path, ADMIN_TOKEN_DIR);
+        assert_eq!(mount.mount_path, "/etc/kvcluster-admin-token");
         assert_eq!(mount.read_only, Some(true));
         assert_eq!(
             mount.sub_path, None,
@@ -528,9 +495,59 @@ mod tests {
             !p.volumes
                 .unwrap_or_default()
                 .iter()
-                .any(|v| v.name == ADMIN_TOKEN_VOLUME)
+                .any(|v| v.name == "admin-token")
         );
         assert_eq!(value_of(&p.containers[0], "KVNODE_ADMIN_TOKEN_FILE"), None);
+    }
+
+    #[test]
+    fn tls_secrets_are_mounted_and_probes_speak_https() {
+        let mut k = kvc(3, 3, 2, 2);
+        let secret = |name: &str| {
+            Some(CertificateSource {
+                secret_name: Some(name.into()),
+                issuer_ref: None,
+            })
+        };
+        k.spec.tls.peer = secret("peer-certs");
+        k.spec.tls.client = secret("client-certs");
+        let p = pod(&build(&k, 3));
+        let c = &p.containers[0];
+        assert_eq!(
+            env_of(c, "KVNODE_INSECURE"),
+            None,
+            "peer TLS guards the node"
+        );
+        assert_eq!(
+            value_of(c, "KVNODE_PEER_TLS_KEY").as_deref(),
+            Some("/etc/kvcluster-peer-tls/tls.key")
+        );
+        assert_eq!(
+            value_of(c, "KVNODE_TLS_CERT").as_deref(),
+            Some("/etc/kvcluster-client-tls/tls.crt")
+        );
+        let secrets: Vec<String> = p
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.secret.and_then(|s| s.secret_name))
+            .collect();
+        assert!(secrets.contains(&"peer-certs".to_string()));
+        assert!(secrets.contains(&"client-certs".to_string()));
+        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe] {
+            let scheme = probe
+                .clone()
+                .and_then(|p| p.http_get)
+                .and_then(|h| h.scheme);
+            assert_eq!(scheme.as_deref(), Some("HTTPS"));
+        }
+        assert_eq!(value_of(c, "KVNODE_METRICS_AUTH"), None);
+        k.spec.auth.metrics_need_token = true;
+        let p = pod(&build(&k, 3));
+        assert_eq!(
+            value_of(&p.containers[0], "KVNODE_METRICS_AUTH").as_deref(),
+            Some("true")
+        );
     }
 
     #[test]
