@@ -1,7 +1,7 @@
 //! The Helm chart against a real kube-apiserver + etcd on loopback (see `kvcluster_tests::kube`):
 //! `helm install` with every option on, the operator's ServiceAccount allowed everything
 //! operator/src/rbac.rs asks for and not more, the pods admitted under Pod Security "restricted",
-//! `kubectl apply --dry-run=server` of the default rendering, the CRD's rules refusing a bad
+//! `kubectl apply --dry-run=server` of the default and all-on renderings, the CRD's rules refusing a bad
 //! cluster from values, and `helm uninstall` leaving no object behind. Nothing runs the pods (no
 //! kubelet). Skipped with a loud message when a tool is missing, unless `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -262,17 +262,28 @@ async fn the_chart_installs_grants_what_the_operator_needs_and_uninstalls_cleanl
         .await
         .unwrap_or_else(|e| panic!("the helm test pod is refused: {e}"));
 
-    // The default rendering of another release passes a server-side dry run, and the CRD's rules
-    // refuse a cluster whose W exceeds N.
-    let default = helm
-        .template("other", "apps", &[])
-        .unwrap_or_else(|e| panic!("helm template: {e}"));
-    let file = write(&dir, "default.yaml", &default);
-    stdout_of(&mut kubectl(
-        &kubectl_bin,
-        &plane,
-        &["apply", "--dry-run=server", "-f", file.to_str().unwrap()],
-    ));
+    // The renderings of another release, default and all-on, pass a server-side dry run with
+    // strict field validation, and the CRD's rules refuse a cluster whose W exceeds N.
+    for (name, args) in [
+        ("default", vec![]),
+        ("all-on", vec!["--values", ALL_ON_VALUES]),
+    ] {
+        let rendered = helm
+            .template("other", "apps", &args)
+            .unwrap_or_else(|e| panic!("helm template {name}: {e}"));
+        let file = write(&dir, &format!("{name}.yaml"), &rendered);
+        stdout_of(&mut kubectl(
+            &kubectl_bin,
+            &plane,
+            &[
+                "apply",
+                "--dry-run=server",
+                "--validate=strict",
+                "-f",
+                file.to_str().unwrap(),
+            ],
+        ));
+    }
     let bad = helm
         .template(
             "other",
