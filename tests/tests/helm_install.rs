@@ -1,6 +1,7 @@
 //! The Helm chart against a real kube-apiserver + etcd on loopback (see `kvcluster_tests::kube`):
 //! `helm install` with every option on, the operator's ServiceAccount allowed everything
-//! operator/src/rbac.rs asks for and not more, the pods admitted under Pod Security "restricted",
+//! operator/src/rbac.rs asks for and not more, the real operator under it building the chart's
+//! KVCluster, the pods admitted under Pod Security "restricted",
 //! `kubectl apply --dry-run=server` of the default and all-on renderings, the CRD's rules refusing a bad
 //! cluster from values, and `helm uninstall` leaving no object behind. Nothing runs the pods (no
 //! kubelet). Skipped with a loud message when a tool is missing, unless `CI=true`.
@@ -8,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -16,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kvcluster_tests::helm::{ALL_ON_VALUES, CHART, Helm, cli_tool, documents, output, stdout_of};
-use kvcluster_tests::kube::ControlPlane;
+use kvcluster_tests::kube::{ControlPlane, OperatorProcess};
 use serde_json::{Value, json};
 
 const NS: &str = "kvs";
@@ -262,6 +264,79 @@ async fn the_chart_installs_grants_what_the_operator_needs_and_uninstalls_cleanl
         .await
         .unwrap_or_else(|e| panic!("the helm test pod is refused: {e}"));
 
+    // The real operator under the chart's ServiceAccount takes the Lease (in the release namespace)
+    // and builds the KVCluster the chart created. No pod ever runs, so it stops there.
+    let sa_kubeconfig = plane
+        .service_account_kubeconfig(NS, "kvcluster-operator")
+        .await;
+    let mut operator = OperatorProcess::start(
+        &sa_kubeconfig,
+        "chart-operator",
+        &[
+            "--lease-namespace",
+            NS,
+            "--lease-name",
+            "kvcluster-operator",
+            "--listen",
+            "127.0.0.1:0",
+            "--progress-interval",
+            "1s",
+        ],
+        &dir.join("operator.log"),
+    );
+    let built = [
+        "lease/kvcluster-operator",
+        "secret/demo-context-key",
+        "configmap/demo-config",
+        "service/demo",
+        "service/demo-headless",
+        "statefulset/demo",
+        "poddisruptionbudget/demo",
+        "networkpolicy/demo",
+        "servicemonitor/demo",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut args = vec!["get", "-n", NS, "-o", "name"];
+        args.extend(built);
+        if output(&mut kubectl(&kubectl_bin, &plane, &args))
+            .status
+            .success()
+        {
+            break;
+        }
+        assert!(
+            operator.is_running(),
+            "kvoperator exited:\n{}",
+            operator.log_tail(40)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the operator did not build {built:?} within 60 s:\n{}",
+            operator.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let holder = stdout_of(&mut kubectl(
+        &kubectl_bin,
+        &plane,
+        &[
+            "get",
+            "lease/kvcluster-operator",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    ));
+    assert_eq!(holder, "chart-operator");
+    operator.stop();
+    let log = operator.log();
+    assert!(
+        !log.contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
+
     // The renderings of another release, default and all-on, pass a server-side dry run with
     // strict field validation, and the CRD's rules refuse a cluster whose W exceeds N.
     for (name, args) in [
@@ -309,7 +384,9 @@ async fn the_chart_installs_grants_what_the_operator_needs_and_uninstalls_cleanl
         "{stderr}"
     );
 
-    // Uninstall leaves none of the release's objects; the CRD stays (Helm never deletes crds/).
+    // Uninstall leaves none of the release's objects; the CRD stays (Helm never deletes crds/). (What
+    // the operator built is owned by the KVCluster: the garbage collector, which this control plane
+    // does not run, removes it.)
     stdout_of(&mut helm_in(&[
         "uninstall",
         "kvcluster",
