@@ -6,8 +6,9 @@ set -euo pipefail
 # Debian packages: libclang for RocksDB's bindgen, a C++ toolchain for RocksDB itself; openssl, unzip
 # and util-linux (flock) for the real Kubernetes API server the operator tests run against; iproute2
 # (ip netns) and iptables for the chaos tests' network namespaces and partitions; strace for the test
-# that checks which syncs precede an acknowledged write (tests/tests/durability_edges.rs).
-apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux iproute2 iptables strace)
+# that checks which syncs precede an acknowledged write (tests/tests/durability_edges.rs); prometheus
+# for `promtool check rules` on the Helm chart's alerts (tests/tests/helm_chart.rs).
+apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux iproute2 iptables strace prometheus)
 
 missing=()
 for package in "${apt_packages[@]}"; do

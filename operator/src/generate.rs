@@ -1,8 +1,10 @@
 //! The generated manifests: the CRD and the operator's RBAC, as YAML files checked into the
-//! repository. `crdgen` writes them; a test fails when a checked-in copy is stale.
+//! repository, and their copies in the Helm chart (`charts/kvcluster`). `crdgen` writes them; a test
+//! fails when a checked-in copy is stale.
 
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::CustomResourceExt;
 
 use crate::crd::KVCluster;
@@ -36,6 +38,19 @@ pub fn secret_reader_yaml() -> Result<String, RenderError> {
     yaml(&crate::rbac::secret_reader_role())
 }
 
+/// The API group of the leader election Lease: the chart grants it by a Role in the operator's
+/// namespace, not cluster-wide.
+const LEASE_GROUP: &str = "coordination.k8s.io";
+
+/// The operator's rules split for the chart: `(cluster-wide, Lease rules for a namespaced Role)`.
+pub fn chart_rules() -> (Vec<PolicyRule>, Vec<PolicyRule>) {
+    crate::rbac::rules().into_iter().partition(|r| {
+        r.api_groups
+            .as_deref()
+            .is_none_or(|groups| groups.iter().all(|g| g != LEASE_GROUP))
+    })
+}
+
 /// The workspace root (the parent of the operator crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,10 +58,31 @@ pub fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// Every generated file: its path under the workspace root and its content.
+/// Where the chart keeps its generated files, under the workspace root.
+pub const CHART: &str = "charts/kvcluster";
+
+/// Every generated file: its path under the workspace root and its content. The chart's `crds/`
+/// copy is the CRD byte for byte; its rule lists are loaded by the chart's RBAC templates.
 pub fn files() -> Result<Vec<(PathBuf, String)>, RenderError> {
+    let crd = crd_yaml()?;
+    let (cluster_rules, lease_rules) = chart_rules();
+    let secret_reader_rules = crate::rbac::secret_reader_role().rules.unwrap_or_default();
+    let chart = Path::new(CHART);
     Ok(vec![
-        (PathBuf::from("crds/kvcluster.yaml"), crd_yaml()?),
+        (chart.join("crds/kvcluster.yaml"), crd.clone()),
+        (
+            chart.join("files/rbac/cluster-rules.yaml"),
+            yaml(&cluster_rules)?,
+        ),
+        (
+            chart.join("files/rbac/lease-rules.yaml"),
+            yaml(&lease_rules)?,
+        ),
+        (
+            chart.join("files/rbac/secret-reader-rules.yaml"),
+            yaml(&secret_reader_rules)?,
+        ),
+        (PathBuf::from("crds/kvcluster.yaml"), crd),
         (PathBuf::from("operator/rbac.yaml"), rbac_yaml()?),
         (
             PathBuf::from("operator/rbac-secret-reader.yaml"),

@@ -11,6 +11,7 @@
 //!   control over every byte (slow headers, partial bodies, huge announcements, connection caps).
 //!
 //! - [`kube`] runs a real etcd + kube-apiserver on loopback for the operator's integration tests.
+//! - [`helm`] renders the Helm chart with the real `helm` and checks the metric names it uses.
 //! - [`tls`] makes a cluster CA and node certificates with the `openssl` command, and TLS clients.
 //!
 //! Every wait here is bounded in time; every address is on loopback: 127.0.0.1, or 127.0.0.11 and up
@@ -18,6 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod chaos;
+pub mod helm;
 pub mod kube;
 pub mod kubelet;
 pub mod load;

@@ -1,5 +1,5 @@
-//! Writes the generated manifests (`crds/kvcluster.yaml`, `operator/rbac.yaml`) under the
-//! workspace root, or under the directory given as the only argument.
+//! Writes the generated manifests (`crds/kvcluster.yaml`, `operator/rbac*.yaml` and their copies in
+//! `charts/kvcluster/`) under the workspace root, or under the directory given as the only argument.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
