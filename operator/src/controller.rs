@@ -65,6 +65,8 @@ pub struct Settings {
     pub max_error_backoff: Duration,
     /// Whether to apply ServiceMonitors.
     pub service_monitor: ServiceMonitorMode,
+    /// How long a ring change may make no progress before it is reported stalled.
+    pub ring_change_stall_after: Duration,
 }
 
 impl Default for Settings {
@@ -75,6 +77,7 @@ impl Default for Settings {
             error_backoff: Duration::from_secs(1),
             max_error_backoff: Duration::from_secs(120),
             service_monitor: ServiceMonitorMode::Auto,
+            ring_change_stall_after: Duration::from_secs(600),
         }
     }
 }
@@ -291,16 +294,24 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
             warn!(pod = %id, error = %e, "drain failed");
         }
     }
-    publish_events(ctx, kvc, &plan).await;
-
     let counts = Counts {
         replicas: plan.statefulset_replicas,
         ready_replicas: u32::try_from(observed.pods.iter().filter(|p| p.ready).count())
             .unwrap_or(0),
         generation: kvc.metadata.generation,
         spec_nwr: (spec.replication_factor, spec.write_quorum, spec.read_quorum),
+        selector: builders::selector_string(kvc),
     };
-    let new_status = status::build(&plan, counts, kvc.status.as_ref(), Timestamp::now());
+    let new_status = status::build(
+        &plan,
+        counts,
+        kvc.status.as_ref(),
+        Timestamp::now(),
+        ctx.settings.ring_change_stall_after,
+    );
+    let warnings = status::warning_events(kvc.status.as_ref(), &new_status);
+    publish_events(ctx, kvc, &plan, warnings).await;
+
     let patch = json!({
         "apiVersion": KVCluster::api_version(&()),
         "kind": KVCluster::kind(&()),
@@ -355,7 +366,7 @@ async fn apply_objects<A: NodeAdmin>(
             .patch(&policy.name_any(), &pp, &Patch::Apply(&policy))
             .await?;
     }
-    if ctx.monitoring_served().await? {
+    if kvc.spec.monitoring.enabled && ctx.monitoring_served().await? {
         let sm = servicemonitor::build(kvc);
         Api::<DynamicObject>::namespaced_with(client.clone(), ns, &servicemonitor::api_resource())
             .patch(&sm.name_any(), &pp, &Patch::Apply(&sm))
@@ -471,13 +482,19 @@ pub fn completion_event(kvc: &KVCluster, plan: &Plan) -> Option<plan::PlannedEve
     })
 }
 
-async fn publish_events<A: NodeAdmin>(ctx: &Context<A>, kvc: &KVCluster, plan: &Plan) {
+async fn publish_events<A: NodeAdmin>(
+    ctx: &Context<A>,
+    kvc: &KVCluster,
+    plan: &Plan,
+    warnings: Vec<plan::PlannedEvent>,
+) {
     let reference = kvc.object_ref(&());
     let events = plan
         .events
         .iter()
         .cloned()
-        .chain(completion_event(kvc, plan));
+        .chain(completion_event(kvc, plan))
+        .chain(warnings);
     for e in events {
         let event = Event {
             type_: if e.warning {

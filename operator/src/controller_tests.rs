@@ -697,6 +697,7 @@ async fn settled_cluster_reports_running_and_requeues_slowly() -> TestResult {
             from_epoch: 2,
             to_epoch: 3,
             partitions_pending: 5,
+            ..Default::default()
         }),
         ..Default::default()
     });

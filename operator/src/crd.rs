@@ -5,10 +5,12 @@
 //! immutable) are CEL `x-kubernetes-validations`, so `kubectl apply` fails with a message instead of
 //! the operator reporting a broken resource later. This module must not do I/O.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,14 @@ pub const STORAGE_SIZE_MESSAGE: &str = "storage.size must be a positive quantity
     shortname = "kvc",
     namespaced,
     status = "KVClusterStatus",
+    doc = "A kvcluster ring: a StatefulSet of kvnode pods that kvoperator keeps in one consistent-hashing ring, \
+           with N replicas per key and W/R quorums; membership and quorum changes move data without losing \
+           acknowledged writes.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "N", type_ = "integer", json_path = ".spec.replicationFactor"),
@@ -128,6 +138,43 @@ pub struct KVClusterSpec {
     /// Who may reach the pods, enforced by a NetworkPolicy the operator owns.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+
+    /// How Prometheus finds the nodes: the ServiceMonitor the operator applies when the Prometheus
+    /// Operator's CRD is installed.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
+}
+
+/// The cluster's ServiceMonitor.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Whether to apply a ServiceMonitor (when the operator applies them at all; turning it off later
+    /// leaves the last one in place: delete it by hand).
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Extra labels of the ServiceMonitor, so that a Prometheus selecting on them finds it: a default
+    /// kube-prometheus-stack selects `release: <its release name>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// How often Prometheus scrapes each node, such as `30s` or `1m`.
+    #[serde(default = "default_scrape_interval")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,4}(s|m)$"))]
+    pub interval: String,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec {
+            enabled: true,
+            labels: BTreeMap::new(),
+            interval: default_scrape_interval(),
+        }
+    }
+}
+
+fn default_scrape_interval() -> String {
+    "30s".into()
 }
 
 /// The NetworkPolicy of a cluster: the peer port is always limited to the cluster's own pods.
@@ -370,6 +417,9 @@ pub struct KVClusterStatus {
     /// `Available`, `Progressing`, `Degraded` and `RingSettled`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The pods' label selector, for the scale subresource (`kubectl scale`, autoscalers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// The guarantee the quorums in force give.
@@ -412,7 +462,7 @@ pub enum Phase {
 }
 
 /// A membership change in progress.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TransitionStatus {
     /// Epoch of the ring being left.
@@ -421,6 +471,12 @@ pub struct TransitionStatus {
     pub to_epoch: u64,
     /// Partitions the nodes still have to receive, summed over nodes.
     pub partitions_pending: u64,
+    /// When `partitionsPending` last went down (or the change started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
+    /// No progress for longer than the operator's `--ring-change-stall-after`.
+    #[serde(default)]
+    pub stalled: bool,
 }
 
 #[cfg(test)]

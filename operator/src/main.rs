@@ -55,6 +55,11 @@ struct Args {
     #[arg(long, env = "KVOPERATOR_RESYNC_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     resync_interval: Duration,
 
+    /// A ring change whose pending partitions have not gone down for this long is reported stalled
+    /// (a Warning event and `status.transition.stalled`).
+    #[arg(long, env = "KVOPERATOR_RING_CHANGE_STALL_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    ring_change_stall_after: Duration,
+
     /// Whether to apply ServiceMonitors: when the monitoring.coreos.com API exists, always, or never.
     #[arg(
         long,
@@ -183,6 +188,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings {
         progress_interval: args.progress_interval,
         resync_interval: args.resync_interval,
+        ring_change_stall_after: args.ring_change_stall_after,
         service_monitor: args.service_monitor,
         ..Settings::default()
     };

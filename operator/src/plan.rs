@@ -203,6 +203,7 @@ pub fn ring_state(obs: &Observed) -> RingState {
                 .filter_map(|s| s.transfer.as_ref())
                 .map(|t| u64::from(t.partitions_total.saturating_sub(t.partitions_done)))
                 .sum(),
+            ..TransitionStatus::default()
         })
     });
     RingState {
@@ -799,7 +800,8 @@ pub(crate) mod tests {
             Some(TransitionStatus {
                 from_epoch: 2,
                 to_epoch: 3,
-                partitions_pending: 10
+                partitions_pending: 10,
+                ..Default::default()
             })
         );
         assert!(p.waiting);
@@ -823,7 +825,8 @@ pub(crate) mod tests {
             Some(TransitionStatus {
                 from_epoch: 2,
                 to_epoch: 3,
-                partitions_pending: 0
+                partitions_pending: 0,
+                ..Default::default()
             })
         );
         assert!(p.message.contains("from epoch 2 to 3"), "{}", p.message);

@@ -1,15 +1,19 @@
 //! The resource's status, computed from what was observed and planned: counts, the ring, and the
-//! four conditions every kvcluster reports the same way.
+//! four conditions every kvcluster reports the same way; and the Warning events a change of status
+//! calls for.
 //!
 //! A condition keeps its `lastTransitionTime` while its status does not change, so watchers see
-//! when a state began, not when it was last written.
+//! when a state began, not when it was last written. A ring change keeps the time its pending
+//! partitions last went down, so a change that stands still is reported stalled.
+
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::builders::pdb::max_unavailable;
-use crate::crd::{Consistency, KVClusterStatus, Phase};
-use crate::plan::Plan;
+use crate::crd::{Consistency, KVClusterStatus, Phase, TransitionStatus};
+use crate::plan::{Plan, PlannedEvent};
 
 /// `Available`: every partition keeps its read and write quorums.
 pub const AVAILABLE: &str = "Available";
@@ -21,7 +25,7 @@ pub const DEGRADED: &str = "Degraded";
 pub const RING_SETTLED: &str = "RingSettled";
 
 /// Inputs of the status besides the plan.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Counts {
     /// `spec.replicas` of the StatefulSet as applied.
     pub replicas: u32,
@@ -31,6 +35,8 @@ pub struct Counts {
     pub generation: Option<i64>,
     /// The spec's N, W and R, for the consistency before any node answered.
     pub spec_nwr: (u32, u32, u32),
+    /// The pods' label selector, for the scale subresource.
+    pub selector: String,
 }
 
 fn condition(
@@ -57,12 +63,81 @@ fn condition(
     }
 }
 
+/// `current` with its progress clock carried over from `previous`: the clock restarts when the
+/// change is new or its pending partitions went down, and the change is stalled once the clock is
+/// older than `stall_after`.
+fn track_progress(
+    current: Option<&TransitionStatus>,
+    previous: Option<&TransitionStatus>,
+    now: Timestamp,
+    stall_after: Duration,
+) -> Option<TransitionStatus> {
+    let mut t = current?.clone();
+    let since = previous
+        .filter(|p| {
+            p.from_epoch == t.from_epoch
+                && p.to_epoch == t.to_epoch
+                && p.partitions_pending <= t.partitions_pending
+        })
+        .and_then(|p| p.last_progress_time.clone())
+        .unwrap_or(Time(now));
+    let still = now.duration_since(since.0).unsigned_abs();
+    t.stalled = still >= stall_after;
+    t.last_progress_time = Some(since);
+    Some(t)
+}
+
+/// Warning events for what turned bad between `previous` and `new`: the cluster became Degraded,
+/// or its ring change stalled. Each fires once, when the state begins.
+pub fn warning_events(
+    previous: Option<&KVClusterStatus>,
+    new: &KVClusterStatus,
+) -> Vec<PlannedEvent> {
+    let degraded = |s: &KVClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED && c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    let mut events = Vec::new();
+    if let Some(message) = degraded(new)
+        && previous.and_then(degraded).is_none()
+    {
+        events.push(PlannedEvent {
+            reason: "Degraded".into(),
+            note: message,
+            warning: true,
+        });
+    }
+    let was_stalled = previous
+        .and_then(|p| p.transition.as_ref())
+        .is_some_and(|t| t.stalled);
+    if let Some(t) = new.transition.as_ref().filter(|t| t.stalled)
+        && !was_stalled
+    {
+        let since = t
+            .last_progress_time
+            .as_ref()
+            .map_or_else(String::new, |time| format!(" since {}", time.0));
+        events.push(PlannedEvent {
+            reason: "RingChangeStalled".into(),
+            note: format!(
+                "ring change from epoch {} to {}: {} partition(s) still pending, no progress{since}",
+                t.from_epoch, t.to_epoch, t.partitions_pending
+            ),
+            warning: true,
+        });
+    }
+    events
+}
+
 /// The status for `plan`, keeping transition times from `previous`.
 pub fn build(
     plan: &Plan,
     counts: Counts,
     previous: Option<&KVClusterStatus>,
     now: Timestamp,
+    stall_after: Duration,
 ) -> KVClusterStatus {
     let prev = previous.map_or(&[][..], |s| s.conditions.as_slice());
     let ring = &plan.ring;
@@ -171,10 +246,16 @@ pub fn build(
             .map(|c| c.members.iter().map(|m| m.id.clone()).collect())
             .unwrap_or_default(),
         consistency: Some(Consistency::of(n, w, r)),
-        transition: ring.transition.clone(),
+        transition: track_progress(
+            ring.transition.as_ref(),
+            previous.and_then(|p| p.transition.as_ref()),
+            now,
+            stall_after,
+        ),
         observed_generation: g,
         phase: Some(plan.phase),
         conditions: vec![available, progressing, degraded, settled],
+        selector: Some(counts.selector),
     }
 }
 
@@ -210,12 +291,15 @@ mod tests {
         }
     }
 
+    const STALL: Duration = Duration::from_secs(600);
+
     fn counts() -> Counts {
         Counts {
             replicas: 3,
             ready_replicas: 3,
             generation: Some(2),
             spec_nwr: (3, 1, 1),
+            selector: "app=kvnode".into(),
         }
     }
 
@@ -233,6 +317,7 @@ mod tests {
             counts(),
             None,
             Timestamp::UNIX_EPOCH,
+            STALL,
         );
         assert_eq!(s.ring_epoch, 4);
         assert_eq!(s.members, vec!["kv-0", "kv-1", "kv-2"]);
@@ -258,6 +343,7 @@ mod tests {
             counts(),
             None,
             Timestamp::UNIX_EPOCH,
+            STALL,
         );
         assert_eq!(get(&s, AVAILABLE).status, "True");
         assert_eq!(get(&s, DEGRADED).status, "True");
@@ -267,6 +353,7 @@ mod tests {
             counts(),
             None,
             Timestamp::UNIX_EPOCH,
+            STALL,
         );
         assert_eq!(get(&s, AVAILABLE).status, "False");
         assert_eq!(get(&s, AVAILABLE).reason, "QuorumsAtRisk");
@@ -279,6 +366,7 @@ mod tests {
             counts(),
             None,
             Timestamp::UNIX_EPOCH,
+            STALL,
         );
         assert_eq!(get(&s, PROGRESSING).status, "True");
         assert_eq!(get(&s, PROGRESSING).reason, "Transitioning");
@@ -294,12 +382,14 @@ mod tests {
             counts(),
             None,
             t0,
+            STALL,
         );
         let same = build(
             &plan_with(ring(&[], false), Phase::Running),
             counts(),
             Some(&first),
             t1,
+            STALL,
         );
         assert_eq!(get(&same, AVAILABLE).last_transition_time, Time(t0));
         let changed = build(
@@ -307,6 +397,7 @@ mod tests {
             counts(),
             Some(&first),
             t1,
+            STALL,
         );
         assert_eq!(get(&changed, PROGRESSING).last_transition_time, Time(t1));
         assert_eq!(get(&changed, AVAILABLE).last_transition_time, Time(t0));
@@ -325,10 +416,94 @@ mod tests {
             },
             None,
             Timestamp::UNIX_EPOCH,
+            STALL,
         );
         assert_eq!(s.consistency, Some(Consistency::Eventual));
         assert_eq!(s.ring_epoch, 0);
         assert_eq!(get(&s, AVAILABLE).reason, "NoNodeAnswers");
         assert_eq!(get(&s, DEGRADED).status, "False");
+    }
+
+    fn transitioning(pending: u64) -> Plan {
+        let mut r = ring(&[], true);
+        r.transition = Some(TransitionStatus {
+            from_epoch: 4,
+            to_epoch: 5,
+            partitions_pending: pending,
+            ..TransitionStatus::default()
+        });
+        plan_with(r, Phase::Transitioning)
+    }
+
+    #[test]
+    fn a_ring_change_without_progress_stalls_once_and_progress_restarts_the_clock()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let at = |s: i64| Timestamp::from_second(s);
+        let first = build(&transitioning(40), counts(), None, at(0)?, STALL);
+        let t = first.transition.clone().ok_or("no transition")?;
+        assert_eq!(t.last_progress_time, Some(Time(at(0)?)));
+        assert!(!t.stalled);
+        assert!(warning_events(None, &first).is_empty());
+        // 30 pending at 300 s: progress, the clock restarts.
+        let moved = build(&transitioning(30), counts(), Some(&first), at(300)?, STALL);
+        let t = moved.transition.clone().ok_or("no transition")?;
+        assert_eq!(t.last_progress_time, Some(Time(at(300)?)));
+        // Still 30 at 899 s: not yet stalled; at 900 s it is, and says so once.
+        let waiting = build(&transitioning(30), counts(), Some(&moved), at(899)?, STALL);
+        assert!(!waiting.transition.as_ref().is_some_and(|t| t.stalled));
+        let stalled = build(
+            &transitioning(30),
+            counts(),
+            Some(&waiting),
+            at(900)?,
+            STALL,
+        );
+        assert!(stalled.transition.as_ref().is_some_and(|t| t.stalled));
+        let events = warning_events(Some(&waiting), &stalled);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].reason, "RingChangeStalled");
+        assert!(events[0].warning);
+        assert!(
+            events[0].note.contains("30 partition(s) still pending"),
+            "{}",
+            events[0].note
+        );
+        let later = build(
+            &transitioning(30),
+            counts(),
+            Some(&stalled),
+            at(960)?,
+            STALL,
+        );
+        assert!(
+            warning_events(Some(&stalled), &later).is_empty(),
+            "one event per stall"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn turning_degraded_is_a_warning_event_once() {
+        let healthy = build(
+            &plan_with(ring(&[], false), Phase::Running),
+            counts(),
+            None,
+            Timestamp::UNIX_EPOCH,
+            STALL,
+        );
+        let degraded = build(
+            &plan_with(ring(&["kv-2"], false), Phase::Degraded),
+            counts(),
+            Some(&healthy),
+            Timestamp::UNIX_EPOCH,
+            STALL,
+        );
+        let events = warning_events(Some(&healthy), &degraded);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].reason, "Degraded");
+        assert!(events[0].warning);
+        assert!(events[0].note.contains("kv-2"), "{}", events[0].note);
+        assert!(warning_events(Some(&degraded), &degraded).is_empty());
+        assert_eq!(degraded.selector.as_deref(), Some("app=kvnode"));
     }
 }

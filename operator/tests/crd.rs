@@ -173,6 +173,18 @@ fn crd_has_short_name_status_and_printer_columns() -> TestResult {
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["name"], "v1alpha1");
     assert_eq!(version["subresources"]["status"], json!({}));
+    assert_eq!(
+        version["subresources"]["scale"],
+        json!({"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+               "labelSelectorPath": ".status.selector"})
+    );
+    let description = version["schema"]["openAPIV3Schema"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        description.starts_with("A kvcluster ring") && !description.contains("Auto-generated"),
+        "{description}"
+    );
     let columns: Vec<&str> = version["additionalPrinterColumns"]
         .as_array()
         .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())

@@ -174,6 +174,10 @@ fn every_option_on_renders_every_object() {
     let cluster = object(&docs, "KVCluster", "demo");
     assert_eq!(cluster["spec"]["writeQuorum"], 2);
     assert_eq!(cluster["spec"]["storage"]["size"], "1Gi");
+    assert_eq!(
+        cluster["spec"]["monitoring"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
 
     // The helm test reaches the cluster's client Service (operator/src/builders/service.rs: named
     // after the resource, port 8080) and runs kvctl put, get and delete.

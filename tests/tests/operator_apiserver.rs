@@ -301,6 +301,30 @@ async fn the_api_server_enforces_the_kvcluster_schema_and_cel_rules() {
         .expect("status patch");
     assert_eq!(status.data["status"]["ringEpoch"], json!(4));
     assert_eq!(status.data["spec"]["replicas"], json!(3));
+
+    // The scale subresource (`kubectl scale kvc demo --replicas 7`), under the same rules.
+    let scale = typed
+        .get_scale("demo")
+        .await
+        .expect("the scale subresource");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(3));
+    let to = |replicas: i32| json!({"spec": {"replicas": replicas}});
+    typed
+        .patch_scale("demo", &PatchParams::default(), &Patch::Merge(&to(7)))
+        .await
+        .expect("scale to 7");
+    assert_eq!(typed.get("demo").await.unwrap().spec.replicas, 7);
+    let (code, message) = refusal(
+        typed
+            .patch_scale("demo", &PatchParams::default(), &Patch::Merge(&to(2)))
+            .await,
+        "scale below N",
+    );
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.contains("replicationFactor (N) must not exceed replicas"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,6 +136,7 @@ pub(crate) mod fixtures {
                 auth: Default::default(),
                 tls: Default::default(),
                 network_policy: Default::default(),
+                monitoring: Default::default(),
             },
             status: None,
         }

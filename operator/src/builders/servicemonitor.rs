@@ -27,7 +27,9 @@ pub fn api_resource() -> ApiResource {
 pub fn build(kvc: &KVCluster) -> DynamicObject {
     let mut selector = selector_labels(kvc);
     selector.insert(SERVICE_ROLE_LABEL.into(), "client".into());
-    let mut endpoint = json!({"port": PORT_NAME, "path": kvapi::METRICS, "interval": "30s"});
+    let monitoring = &kvc.spec.monitoring;
+    let mut endpoint =
+        json!({"port": PORT_NAME, "path": kvapi::METRICS, "interval": monitoring.interval});
     if let Some(secret) = tls_secret_name(kvc, TlsPort::Client) {
         endpoint["scheme"] = json!("https");
         endpoint["tlsConfig"] = json!({
@@ -54,6 +56,11 @@ pub fn build(kvc: &KVCluster) -> DynamicObject {
         }
     }));
     obj.metadata = owned_meta(kvc, kvc.name_any());
+    // The user's labels first: the operator's own labels win a clash.
+    let labels = obj.metadata.labels.get_or_insert_default();
+    for (key, value) in &monitoring.labels {
+        labels.entry(key.clone()).or_insert_with(|| value.clone());
+    }
     obj
 }
 
@@ -77,6 +84,29 @@ mod tests {
         assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
         assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
         assert_eq!(sm["spec"]["endpoints"][0].get("scheme"), None);
+        assert_eq!(sm["spec"]["endpoints"][0]["interval"], "30s");
+        Ok(())
+    }
+
+    #[test]
+    fn labels_and_interval_come_from_the_spec() -> Result<(), serde_json::Error> {
+        let mut k = kvc(3, 3, 2, 2);
+        k.spec.monitoring.labels = [
+            ("release".to_string(), "kube-prometheus-stack".to_string()),
+            (
+                "app.kubernetes.io/instance".to_string(),
+                "hijack".to_string(),
+            ),
+        ]
+        .into();
+        k.spec.monitoring.interval = "15s".into();
+        let sm = serde_json::to_value(build(&k))?;
+        assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+        assert_eq!(
+            sm["metadata"]["labels"]["app.kubernetes.io/instance"], "kv",
+            "the operator's labels win"
+        );
+        assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
         Ok(())
     }
 
