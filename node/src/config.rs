@@ -138,6 +138,11 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_CACHE_SIZE", default_value = "256MiB")]
     pub cache_size: ByteSize,
 
+    /// Memory RocksDB may use for its block cache and memtables together: one LRU cache that
+    /// memtables are charged to. With --cache-size it bounds the node's caches.
+    #[arg(long, env = "KVNODE_ROCKSDB_MEMORY", default_value = "256MiB")]
+    pub rocksdb_memory: ByteSize,
+
     /// Largest value accepted; larger bodies are refused with 413 while streaming.
     #[arg(long, env = "KVNODE_MAX_VALUE_BYTES", default_value = "1MiB")]
     pub max_value_bytes: ByteSize,

@@ -56,6 +56,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         &config.data_dir,
         config.durability,
         usize::try_from(config.cache_size.as_u64()).unwrap_or(usize::MAX),
+        usize::try_from(config.rocksdb_memory.as_u64()).unwrap_or(usize::MAX),
         metrics.clone(),
     )?
     .with_record_cap(max_record_bytes);

@@ -249,7 +249,8 @@ mod tests {
 
     fn replica(dir: &std::path::Path, max_siblings: usize) -> Arc<Replica> {
         let metrics = Arc::new(Metrics::new());
-        let storage = Storage::open(dir, Durability::Periodic, 1 << 20, metrics.clone()).unwrap();
+        let storage =
+            Storage::open(dir, Durability::Periodic, 1 << 20, 1 << 20, metrics.clone()).unwrap();
         let contexts = ContextKeys::new(&[&[7; 32]], KeySource::Local).unwrap();
         Arc::new(Replica::new(
             storage,
@@ -345,9 +346,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let cap = crate::storage::codec::max_record_bytes(2, 100);
-        let storage = Storage::open(dir.path(), Durability::Periodic, 1 << 20, metrics.clone())
-            .unwrap()
-            .with_record_cap(cap);
+        let storage = Storage::open(
+            dir.path(),
+            Durability::Periodic,
+            1 << 20,
+            1 << 20,
+            metrics.clone(),
+        )
+        .unwrap()
+        .with_record_cap(cap);
         let contexts = ContextKeys::new(&[&[7; 32]], KeySource::Local).unwrap();
         let replica = Arc::new(Replica::new(
             storage,

@@ -456,6 +456,7 @@ fn plant_undeliverable_hint(cluster: &Cluster, i: usize, target: &str, partition
         cluster.node(i).data_dir(),
         Durability::Fsync,
         0,
+        8 << 20,
         Arc::new(Metrics::new()),
     )
     .expect("open the stopped node's storage");

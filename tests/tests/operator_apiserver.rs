@@ -60,6 +60,9 @@ fn expected_refusal(file: &str) -> (&'static str, &'static str) {
             "CEL",
             "storage.size must be a positive quantity such as 10Gi",
         ),
+        "hint-ttl-above-tombstone-grace.yaml" => {
+            ("CEL", "hintTtl must be shorter than tombstoneGrace")
+        }
         "tls-secret-and-issuer.yaml" => ("CEL", "set exactly one of secretName and issuerRef"),
         "metrics-token-without-data-token.yaml" => (
             "CEL",

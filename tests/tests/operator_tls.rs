@@ -7,7 +7,8 @@
 //! user's, admin, read and write tokens, `/metrics` behind a token. It must settle (so the operator
 //! reached every node over https with the admin token), take a write that needs every replica over
 //! peer mTLS, and refuse what the tokens and TLS forbid. A second cluster naming a Secret without
-//! the opt-in label gets no StatefulSet until the label is added.
+//! the opt-in label gets no StatefulSet until the label is added. Placement, default resources and
+//! node settings from the spec reach the pods the API server admits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -191,6 +192,15 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
         secrets.create(&PostParams::default(), &s).await.unwrap();
     }
 
+    let priority: k8s_openapi::api::scheduling::v1::PriorityClass = serde_json::from_value(json!({
+        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": {"name": "kv-critical"}, "value": 1000000
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(admin.clone())
+        .create(&PostParams::default(), &priority)
+        .await
+        .unwrap();
     let mut operator = OperatorProcess::start(
         &sa_kubeconfig,
         &format!("kvoperator-tls-{}", std::process::id()),
@@ -217,6 +227,11 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
                  "image": "kvnode:test", "storage": {"size": "1Gi"}, "cacheSize": "16Mi",
                  "tls": {"peer": {"issuerRef": {"name": "test-ca"}},
                          "client": {"secretName": "client-certs"}},
+                 "placement": {"nodeSelector": {"kubernetes.io/os": "linux"},
+                               "tolerations": [{"key": "dedicated", "operator": "Equal",
+                                                "value": "storage", "effect": "NoSchedule"}],
+                               "priorityClassName": "kv-critical"},
+                 "nodeSettings": {"antiEntropyPace": "10ms", "tombstoneGrace": "2h"},
                  "auth": {"adminTokenSecretRef": {"name": "admin"},
                           "readTokenSecretRef": {"name": "readers"},
                           "writeTokenSecretRef": {"name": "writers"},
@@ -303,10 +318,24 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
         .get(NAME)
         .await
         .unwrap();
-    let env = sts.spec.template.spec.unwrap().containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let pod_spec = sts.spec.template.spec.unwrap();
+    // Placement, sizing and node settings reach the pods (made through the API server, which checks
+    // the priority class exists).
+    assert_eq!(pod_spec.priority_class_name.as_deref(), Some("kv-critical"));
+    assert_eq!(pod_spec.tolerations.as_ref().map(Vec::len), Some(1));
+    let resources = pod_spec.containers[0].resources.clone().unwrap();
+    assert!(
+        resources.limits.is_some() && resources.requests == resources.limits,
+        "Guaranteed QoS by default: {resources:?}"
+    );
+    let env = pod_spec.containers[0].env.clone().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("KVNODE_ANTI_ENTROPY_PACE").as_deref(), Some("10ms"));
+    assert_eq!(value("KVNODE_ROCKSDB_MEMORY").as_deref(), Some("262144KiB"));
     assert!(
         !env.iter().any(|e| e.name == "KVNODE_INSECURE"),
         "a cluster with peer TLS and an admin token runs without --insecure"

@@ -417,7 +417,14 @@ mod tests {
     };
 
     fn open(dir: &std::path::Path) -> Storage {
-        Storage::open(dir, Durability::Fsync, 1 << 20, Arc::new(Metrics::new())).unwrap()
+        Storage::open(
+            dir,
+            Durability::Fsync,
+            1 << 20,
+            1 << 20,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
     }
 
     #[test]

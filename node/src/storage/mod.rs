@@ -16,7 +16,9 @@ mod wal_health;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBufferManager, WriteOptions,
+};
 
 use crate::causality::SiblingSet;
 use crate::error::Error;
@@ -54,6 +56,29 @@ pub enum Durability {
     Periodic,
 }
 
+/// RocksDB's memory under one bound: a block cache of `bytes` shared by every column family (index
+/// and filter blocks included), which memtables are charged to as well, flushed once they hold half.
+struct RocksDbMemory {
+    table: BlockBasedOptions,
+    write_buffers: WriteBufferManager,
+}
+
+fn rocksdb_memory(bytes: usize) -> RocksDbMemory {
+    let cache = Cache::new_lru_cache(bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    RocksDbMemory {
+        table,
+        write_buffers: WriteBufferManager::new_write_buffer_manager_with_cache(
+            bytes / 2,
+            false,
+            cache,
+        ),
+    }
+}
+
 /// The local store of sibling sets.
 pub struct Storage {
     db: DB,
@@ -66,26 +91,37 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens (creating if needed) the store under `data_dir`.
+    /// Opens (creating if needed) the store under `data_dir`, with an object cache of
+    /// `cache_bytes` and RocksDB's block cache and memtables within `rocksdb_bytes`.
     pub fn open(
         data_dir: &Path,
         durability: Durability,
         cache_bytes: usize,
+        rocksdb_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.increase_parallelism(2);
-        let mut objects = Options::default();
-        objects.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let memory = rocksdb_memory(rocksdb_bytes);
+        options.set_write_buffer_manager(&memory.write_buffers);
+        let column_family = |compress: bool| {
+            let mut cf = Options::default();
+            if compress {
+                cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            cf.set_block_based_table_factory(&memory.table);
+            cf.set_write_buffer_manager(&memory.write_buffers);
+            cf
+        };
         let db = DB::open_cf_descriptors(
             &options,
             data_dir.join(DB_DIR),
             [
-                ColumnFamilyDescriptor::new(OBJECTS_CF, objects),
-                ColumnFamilyDescriptor::new(META_CF, Options::default()),
-                ColumnFamilyDescriptor::new(HINTS_CF, Options::default()),
+                ColumnFamilyDescriptor::new(OBJECTS_CF, column_family(true)),
+                ColumnFamilyDescriptor::new(META_CF, column_family(false)),
+                ColumnFamilyDescriptor::new(HINTS_CF, column_family(false)),
             ],
         )?;
         let mut write_options = WriteOptions::default();
@@ -287,7 +323,14 @@ mod tests {
     use crate::causality::{Actor, VersionVector};
 
     fn open(dir: &Path) -> Storage {
-        Storage::open(dir, Durability::Fsync, 1 << 20, Arc::new(Metrics::new())).unwrap()
+        Storage::open(
+            dir,
+            Durability::Fsync,
+            1 << 20,
+            1 << 20,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
     }
 
     #[test]

@@ -221,7 +221,14 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> Storage {
-        Storage::open(dir, Durability::Periodic, 1 << 20, Arc::new(Metrics::new())).unwrap()
+        Storage::open(
+            dir,
+            Durability::Periodic,
+            1 << 20,
+            1 << 20,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
     }
 
     #[test]

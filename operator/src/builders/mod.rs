@@ -12,6 +12,7 @@ pub mod secret;
 pub mod secret_mounts;
 pub mod service;
 pub mod servicemonitor;
+pub mod sizing;
 pub mod statefulset;
 
 use std::collections::BTreeMap;
@@ -131,7 +132,9 @@ pub(crate) mod fixtures {
                     storage_class_name: None,
                 },
                 resources: None,
-                cache_size: "64Mi".into(),
+                cache_size: Some("64Mi".into()),
+                placement: Default::default(),
+                node_settings: Default::default(),
                 durability: Durability::Periodic,
                 auth: Default::default(),
                 tls: Default::default(),

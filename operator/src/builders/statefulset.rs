@@ -25,6 +25,7 @@ use kube::ResourceExt;
 
 use super::secret::{CONTEXT_KEY, context_key_name};
 use super::secret_mounts::{SecretMount, secret_mounts};
+use super::sizing;
 use super::{
     CLUSTER_JSON, CONFIG_DIR, CONTEXT_KEY_DIR, DATA_DIR, NODE_PORT, PEER_PORT, PEER_PORT_NAME,
     PORT_NAME, configmap_name, headless_service_name, labels, owned_meta, selector_labels,
@@ -42,16 +43,6 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 120;
 pub const NODE_SHUTDOWN_GRACE: &str = "30s";
 /// Name of the data volume claim template (the PVCs are `data-<pod>`).
 pub const DATA_VOLUME: &str = "data";
-
-/// The cache size in the node's spelling: Kubernetes binary suffixes become `KiB`/`MiB`/`GiB`.
-pub fn node_cache_size(quantity: &str) -> String {
-    for (suffix, unit) in [("Ki", "KiB"), ("Mi", "MiB"), ("Gi", "GiB")] {
-        if let Some(number) = quantity.strip_suffix(suffix) {
-            return format!("{number}{unit}");
-        }
-    }
-    quantity.to_string()
-}
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -87,10 +78,17 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
             format!("{CONTEXT_KEY_DIR}/{CONTEXT_KEY}"),
         ),
         env("KVNODE_DURABILITY", s.durability.as_str()),
-        env("KVNODE_CACHE_SIZE", node_cache_size(&s.cache_size)),
         env("KVNODE_PARTITIONS", s.partitions.to_string()),
         env("KVNODE_SHUTDOWN_GRACE", NODE_SHUTDOWN_GRACE),
     ];
+    let (cache, rocksdb) = sizing::memory_budget(kvc);
+    if let Some(cache) = cache {
+        vars.push(env("KVNODE_CACHE_SIZE", cache));
+    }
+    if let Some(rocksdb) = rocksdb {
+        vars.push(env("KVNODE_ROCKSDB_MEMORY", rocksdb));
+    }
+    vars.extend(s.node_settings.env().into_iter().map(|(k, v)| env(k, v)));
     let mounts = secret_mounts(kvc);
     vars.extend(mounts.iter().flat_map(SecretMount::env));
     if s.auth.metrics_need_token {
@@ -148,7 +146,7 @@ fn container(kvc: &KVCluster) -> Container {
                 ..ContainerPort::default()
             },
         ]),
-        resources: s.resources.clone(),
+        resources: Some(sizing::resources(kvc)),
         // Opening RocksDB after a crash replays the WAL: give it up to 10 minutes before the
         // liveness probe may kill the pod.
         startup_probe: Some(http_probe(kvc, kvapi::HEALTH_LIVE, 5, 120)),
@@ -208,9 +206,22 @@ fn runtime_default() -> SeccompProfile {
     }
 }
 
-/// Spread pods over hosts and zones. Both are preferences, not requirements: a one-machine test
-/// cluster must still schedule every pod, and the PDB already bounds voluntary disruptions.
+/// The spec's affinity and spread, or the defaults: spread pods over hosts and zones. Both defaults
+/// are preferences, not requirements: a one-machine test cluster must still schedule every pod,
+/// and the PDB already bounds voluntary disruptions.
 fn placement(kvc: &KVCluster) -> (Affinity, Vec<TopologySpreadConstraint>) {
+    let (default_affinity, default_spread) = default_placement(kvc);
+    let p = &kvc.spec.placement;
+    let affinity = p.affinity.clone().unwrap_or(default_affinity);
+    let spread = if p.topology_spread_constraints.is_empty() {
+        default_spread
+    } else {
+        p.topology_spread_constraints.clone()
+    };
+    (affinity, spread)
+}
+
+fn default_placement(kvc: &KVCluster) -> (Affinity, Vec<TopologySpreadConstraint>) {
     let selector = LabelSelector {
         match_labels: Some(selector_labels(kvc)),
         ..LabelSelector::default()
@@ -249,6 +260,9 @@ pub fn build(kvc: &KVCluster, replicas: u32) -> StatefulSet {
         containers: vec![container(kvc)],
         affinity: Some(affinity),
         topology_spread_constraints: Some(spread),
+        node_selector: Some(s.placement.node_selector.clone()).filter(|m| !m.is_empty()),
+        tolerations: Some(s.placement.tolerations.clone()).filter(|t| !t.is_empty()),
+        priority_class_name: s.placement.priority_class_name.clone(),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         // The node needs no Kubernetes API access.
         automount_service_account_token: Some(false),
@@ -398,7 +412,7 @@ mod tests {
     fn node_is_configured_through_its_environment() {
         let mut k = kvc(3, 3, 2, 2);
         k.spec.durability = Durability::Fsync;
-        k.spec.cache_size = "1Gi".into();
+        k.spec.cache_size = Some("1Gi".into());
         k.spec.partitions = 1024;
         k.spec.image_pull_policy = Some(ImagePullPolicy::IfNotPresent);
         let p = pod(&build(&k, 3));
@@ -664,10 +678,75 @@ mod tests {
     }
 
     #[test]
-    fn cache_size_is_spelled_for_the_node() {
-        assert_eq!(node_cache_size("256Mi"), "256MiB");
-        assert_eq!(node_cache_size("4Ki"), "4KiB");
-        assert_eq!(node_cache_size("0"), "0");
-        assert_eq!(node_cache_size("1048576"), "1048576");
+    fn placement_replaces_the_defaults_and_settings_reach_the_node() {
+        use k8s_openapi::api::core::v1::Toleration;
+        let default = pod(&build(&kvc(3, 3, 2, 2), 3));
+        assert_eq!(default.node_selector, None);
+        assert_eq!(default.tolerations, None);
+        assert!(default.affinity.is_some(), "distinct hosts by default");
+
+        let mut k = kvc(3, 3, 2, 2);
+        k.spec.placement.node_selector = [("disk".to_string(), "nvme".to_string())].into();
+        k.spec.placement.tolerations = vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Equal".into()),
+            value: Some("storage".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        }];
+        k.spec.placement.affinity = Some(Affinity::default());
+        k.spec.placement.priority_class_name = Some("storage-critical".into());
+        k.spec.node_settings.tombstone_grace = Some("6h".into());
+        k.spec.node_settings.max_value_size = Some("4Mi".into());
+        k.spec.node_settings.max_requests_in_flight = Some(512);
+        let p = pod(&build(&k, 3));
+        assert_eq!(
+            p.node_selector
+                .unwrap_or_default()
+                .get("disk")
+                .map(String::as_str),
+            Some("nvme")
+        );
+        assert_eq!(p.tolerations.unwrap_or_default().len(), 1);
+        assert_eq!(
+            p.affinity,
+            Some(Affinity::default()),
+            "the spec's affinity replaces ours"
+        );
+        assert_eq!(p.priority_class_name.as_deref(), Some("storage-critical"));
+        let c = &p.containers[0];
+        assert_eq!(value_of(c, "KVNODE_TOMBSTONE_GRACE").as_deref(), Some("6h"));
+        assert_eq!(
+            value_of(c, "KVNODE_MAX_VALUE_BYTES").as_deref(),
+            Some("4MiB")
+        );
+        assert_eq!(
+            value_of(c, "KVNODE_MAX_REQUESTS_IN_FLIGHT").as_deref(),
+            Some("512")
+        );
+        assert_eq!(
+            value_of(c, "KVNODE_HINT_TTL"),
+            None,
+            "unset: the node's default"
+        );
+    }
+
+    #[test]
+    fn default_resources_make_the_pods_guaranteed_and_size_the_caches() {
+        let mut k = kvc(3, 3, 2, 2);
+        k.spec.resources = None;
+        k.spec.cache_size = None;
+        let p = pod(&build(&k, 3));
+        let c = &p.containers[0];
+        let r = c.resources.clone().unwrap_or_default();
+        assert!(r.limits.is_some() && r.requests == r.limits);
+        assert_eq!(
+            value_of(c, "KVNODE_CACHE_SIZE").as_deref(),
+            Some("262144KiB")
+        );
+        assert_eq!(
+            value_of(c, "KVNODE_ROCKSDB_MEMORY").as_deref(),
+            Some("262144KiB")
+        );
     }
 }

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -28,6 +27,14 @@ pub const STORAGE_SIZE_RULE: &str =
     "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))";
 /// The API server's message when [`STORAGE_SIZE_RULE`] fails.
 pub const STORAGE_SIZE_MESSAGE: &str = "storage.size must be a positive quantity such as 10Gi";
+
+mod placement;
+mod security;
+mod status;
+
+pub use placement::*;
+pub use security::*;
+pub use status::*;
 
 /// The desired state of a kvcluster ring.
 // The printer columns repeat `type_ = ...` on purpose; clippy reads them as duplicated attributes.
@@ -113,14 +120,24 @@ pub struct KVClusterSpec {
     /// Each pod's persistent volume.
     pub storage: StorageSpec,
 
-    /// CPU and memory of the kvnode container.
+    /// CPU and memory of the kvnode container. Left out: 1 CPU and 1Gi, requests equal to limits
+    /// (Guaranteed QoS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
     /// Byte budget of each node's object cache, as a Kubernetes quantity (`256Mi`, `1Gi`, `0`).
-    #[serde(default = "default_cache_size")]
+    /// Left out: a quarter of the memory limit (RocksDB gets another quarter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,12}(Ki|Mi|Gi)?$"))]
-    pub cache_size: String,
+    pub cache_size: Option<String>,
+
+    /// Where the pods run: node selector, tolerations, affinity, spread, priority.
+    #[serde(default)]
+    pub placement: PlacementSpec,
+
+    /// The nodes' tunable settings (tombstone grace, anti-entropy pace, limits).
+    #[serde(default)]
+    pub node_settings: NodeSettings,
 
     /// When writes reach the disk: `periodic` (WAL synced every 100 ms) or `fsync` (every write).
     #[serde(default)]
@@ -205,107 +222,12 @@ impl Default for NetworkPolicySpec {
     }
 }
 
-/// The nodes' bearer tokens. Every Secret named here must carry the label
-/// `kvcluster.io/operator-access=true`: the operator mounts nothing else into pods.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!self.metricsNeedToken || has(self.readTokenSecretRef) || has(self.writeTokenSecretRef)",
-     "message": "metricsNeedToken needs readTokenSecretRef or writeTokenSecretRef: Prometheus sends one of those tokens"},
-]))]
-pub struct AuthSpec {
-    /// Token(s) of the admin routes (and every other route). The operator reads this Secret and
-    /// sends its first token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_token_secret_ref: Option<SecretKeyRef>,
-    /// Read-only data tokens: with this or `writeTokenSecretRef`, the data routes need a token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_token_secret_ref: Option<SecretKeyRef>,
-    /// Read-write data tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write_token_secret_ref: Option<SecretKeyRef>,
-    /// Whether `/metrics` needs a token too. The ServiceMonitor then sends the first read token
-    /// (or write token), so one of them must be set.
-    #[serde(default)]
-    pub metrics_need_token: bool,
-}
-
-/// TLS of the nodes' two ports.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TlsSpec {
-    /// Mutual TLS between nodes on the peer port: each node presents this certificate and trusts
-    /// only its `ca.crt`. It must name every pod: `*.<name>-headless.<namespace>.svc`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<CertificateSource>,
-    /// TLS on the client port (data, admin, metrics). The operator then speaks HTTPS to the nodes
-    /// and trusts only its `ca.crt`. It must name every pod as above, and clients' names for the
-    /// client Service (`<name>.<namespace>.svc`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<CertificateSource>,
-}
-
-/// Where a certificate comes from: a Secret you keep, or cert-manager.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.secretName) != has(self.issuerRef)",
-     "message": "set exactly one of secretName and issuerRef"},
-]))]
-pub struct CertificateSource {
-    /// A Secret with `tls.crt`, `tls.key` and `ca.crt` (the layout of cert-manager and of
-    /// `kubernetes.io/tls` Secrets), labelled `kvcluster.io/operator-access=true`. Rotating it reaches
-    /// running nodes without a restart.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub secret_name: Option<String>,
-    /// Let cert-manager issue it: the operator creates a `Certificate` named
-    /// `<name>-peer-tls` or `<name>-client-tls` (its Secret has the same name) from this issuer,
-    /// which must put `ca.crt` in the Secret (a CA issuer does).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer_ref: Option<IssuerRef>,
-}
-
-/// A cert-manager issuer.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IssuerRef {
-    /// The issuer's name.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    /// `Issuer` (in the cluster's namespace) or `ClusterIssuer`.
-    #[serde(default = "default_issuer_kind")]
-    #[schemars(extend("enum" = ["Issuer", "ClusterIssuer"]))]
-    pub kind: String,
-    /// The issuer's API group.
-    #[serde(default = "default_issuer_group")]
-    #[schemars(length(min = 1, max = 253))]
-    pub group: String,
-}
-
-fn default_issuer_kind() -> String {
-    "Issuer".into()
-}
-
-fn default_issuer_group() -> String {
-    "cert-manager.io".into()
-}
-
-/// The label a Secret named in a KVCluster must carry (value `true`) before the operator reads it or
-/// mounts it into pods. Without the opt-in, anyone allowed to create a KVCluster could have any
-/// Secret of the namespace mounted into pods of an image of their choosing.
-pub const SECRET_OPT_IN_LABEL: &str = "kvcluster.io/operator-access";
-
 fn enabled() -> bool {
     true
 }
 
 fn default_partitions() -> u32 {
     DEFAULT_PARTITIONS
-}
-
-fn default_cache_size() -> String {
-    "256Mi".into()
 }
 
 /// A pod's persistent volume.
@@ -369,116 +291,6 @@ impl ImagePullPolicy {
     }
 }
 
-/// One key of a Secret in the resource's namespace.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretKeyRef {
-    /// The Secret's name.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    /// The key within the Secret.
-    #[serde(default = "default_token_key")]
-    #[schemars(length(min = 1, max = 253))]
-    pub key: String,
-}
-
-fn default_token_key() -> String {
-    "token".into()
-}
-
-/// What the operator last observed of the ring.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KVClusterStatus {
-    /// Pods the StatefulSet runs now (more than `spec.replicas` while members leave).
-    #[serde(default)]
-    pub replicas: u32,
-    /// Pods that pass their readiness probe.
-    #[serde(default)]
-    pub ready_replicas: u32,
-    /// Epoch of the cluster config the nodes follow (0 before any node answered).
-    #[serde(default)]
-    pub ring_epoch: u64,
-    /// Member ids of the ring, in config order.
-    #[serde(default)]
-    pub members: Vec<String>,
-    /// `Strong` when W + R > N, else `Eventual`, for the quorums in force.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consistency: Option<Consistency>,
-    /// The membership change in progress, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transition: Option<TransitionStatus>,
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// One word for where the cluster stands.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
-    /// `Available`, `Progressing`, `Degraded` and `RingSettled`.
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
-    /// The pods' label selector, for the scale subresource (`kubectl scale`, autoscalers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<String>,
-}
-
-/// The guarantee the quorums in force give.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-pub enum Consistency {
-    /// W + R > N: every read quorum overlaps every write quorum.
-    Strong,
-    /// W + R ≤ N: a read may miss the latest acknowledged write.
-    Eventual,
-}
-
-impl Consistency {
-    /// The consistency of quorums `w` and `r` over `n` replicas.
-    pub fn of(n: u32, w: u32, r: u32) -> Self {
-        if w + r > n {
-            Consistency::Strong
-        } else {
-            Consistency::Eventual
-        }
-    }
-}
-
-/// Where a cluster stands, for `kubectl get kvc`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-pub enum Phase {
-    /// The resources exist but no node has answered yet.
-    Creating,
-    /// The ring matches the spec and is settled.
-    Running,
-    /// New pods are starting; they join the ring once ready.
-    ScalingUp,
-    /// Members are leaving the ring; their pods stop once their data has moved.
-    ScalingDown,
-    /// A membership or N change is being applied by the nodes.
-    Transitioning,
-    /// New quorums are being pushed to the nodes.
-    Reconfiguring,
-    /// Ring members are unreachable or not ready; the operator waits before changing anything.
-    Degraded,
-}
-
-/// A membership change in progress.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TransitionStatus {
-    /// Epoch of the ring being left.
-    pub from_epoch: u64,
-    /// Epoch of the config that started the change.
-    pub to_epoch: u64,
-    /// Partitions the nodes still have to receive, summed over nodes.
-    pub partitions_pending: u64,
-    /// When `partitionsPending` last went down (or the change started).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_progress_time: Option<Time>,
-    /// No progress for longer than the operator's `--ring-change-stall-after`.
-    #[serde(default)]
-    pub stalled: bool,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,7 +310,8 @@ mod tests {
             "image": "kvnode:dev", "storage": {"size": "1Gi"}
         }))?;
         assert_eq!(spec.partitions, 256);
-        assert_eq!(spec.cache_size, "256Mi");
+        assert_eq!(spec.cache_size, None);
+        assert_eq!(spec.placement, PlacementSpec::default());
         assert_eq!(spec.durability, Durability::Periodic);
         assert_eq!(spec.image_pull_policy, None);
         Ok(())
