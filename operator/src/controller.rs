@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -30,9 +30,9 @@ use crate::addressing::AddressSource;
 use crate::builders::secret_mounts::TlsPort;
 use crate::builders::{
     self, FIELD_MANAGER, certificate, cluster_name, configmap, configmap_name, networkpolicy, pdb,
-    pod_name, secret, service, servicemonitor, statefulset,
+    pod_name, secret, service, servicemonitor, statefulset, volumes,
 };
-use crate::crd::KVCluster;
+use crate::crd::{KVCluster, VolumeStatus};
 use crate::metrics::Metrics;
 use crate::nodeadmin::{NodeAccess, NodeAdmin, PutOutcome};
 use crate::plan::{self, Desired, Observed, Plan, PodView};
@@ -283,7 +283,7 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
         statefulset = plan.statefulset_replicas, push = plan.push.is_some(), "{}", plan.message
     );
 
-    apply_objects(ctx, kvc, &ns, &plan).await?;
+    let volumes = apply_objects(ctx, kvc, &ns, &plan, sts.as_ref()).await?;
     if let Some(config) = &plan.push {
         push_config(ctx, &observed.pods, &access, config).await?;
     }
@@ -301,6 +301,7 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
         generation: kvc.metadata.generation,
         spec_nwr: (spec.replication_factor, spec.write_quorum, spec.read_quorum),
         selector: builders::selector_string(kvc),
+        volumes,
     };
     let new_status = status::build(
         &plan,
@@ -338,7 +339,8 @@ async fn apply_objects<A: NodeAdmin>(
     kvc: &KVCluster,
     ns: &str,
     plan: &Plan,
-) -> Result<()> {
+    existing: Option<&StatefulSet>,
+) -> Result<Option<VolumeStatus>> {
     let client = &ctx.client;
     ensure_context_key(client, kvc, ns).await?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -352,10 +354,12 @@ async fn apply_objects<A: NodeAdmin>(
             .patch(&svc.name_any(), &pp, &Patch::Apply(&svc))
             .await?;
     }
-    let sts = statefulset::build(kvc, plan.statefulset_replicas);
+    let mut sts = statefulset::build(kvc, plan.statefulset_replicas);
+    volumes::keep_claim_templates(&mut sts, existing);
     Api::<StatefulSet>::namespaced(client.clone(), ns)
         .patch(&sts.name_any(), &pp, &Patch::Apply(&sts))
         .await?;
+    let volumes = expand_volumes(client, kvc, ns, existing).await?;
     let budget = pdb::build(kvc);
     Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
         .patch(&budget.name_any(), &pp, &Patch::Apply(&budget))
@@ -372,7 +376,52 @@ async fn apply_objects<A: NodeAdmin>(
             .patch(&sm.name_any(), &pp, &Patch::Apply(&sm))
             .await?;
     }
-    Ok(())
+    Ok(volumes)
+}
+
+/// When `storage.size` grew past the StatefulSet's claim template, asks for it on every PVC of the
+/// cluster that has less, and reports those still smaller and those the API server refused.
+async fn expand_volumes(
+    client: &Client,
+    kvc: &KVCluster,
+    ns: &str,
+    existing: Option<&StatefulSet>,
+) -> Result<Option<VolumeStatus>> {
+    let size = &kvc.spec.storage.size;
+    let template = existing
+        .and_then(|s| s.spec.volume_claim_templates.as_ref())
+        .and_then(|t| t.first())
+        .cloned()
+        .map(|c| vec![c]);
+    if template.is_none_or(|t| volumes::to_expand(&t, size).is_empty()) {
+        return Ok(None);
+    }
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let claims = api
+        .list(&ListParams::default().labels(&builders::selector_string(kvc)))
+        .await?
+        .items;
+    let mut refused = Vec::new();
+    for claim in volumes::to_expand(&claims, size) {
+        let name = claim.name_any();
+        let patch = volumes::expansion_patch(size);
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => info!(pvc = %name, size = %size.0, "volume expansion requested"),
+            Err(kube::Error::Api(status)) if matches!(status.code, 403 | 422) => {
+                warn!(pvc = %name, message = %status.message, "volume expansion refused");
+                refused.push(format!("{name}: {}", status.message));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(VolumeStatus {
+        size: size.0.clone(),
+        expanding: volumes::expanding(&claims, size),
+        refused,
+    }))
 }
 
 /// Applies the cert-manager `Certificate` of each port whose TLS names an issuer.

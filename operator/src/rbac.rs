@@ -51,6 +51,8 @@ pub fn rules() -> Vec<PolicyRule> {
             &["networkpolicies"],
             &["get", "create", "patch"],
         ),
+        // Growing volumes: the claims of a cluster whose storage.size grew.
+        rule("", &["persistentvolumeclaims"], &["list", "patch"]),
         // Pod readiness decides when new members join.
         rule("", &["pods"], &["get", "list"]),
         // The context key Secret of a new cluster: created once, never read back.

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::builders::pdb::max_unavailable;
-use crate::crd::{Consistency, KVClusterStatus, Phase, TransitionStatus};
+use crate::crd::{Consistency, KVClusterStatus, Phase, TransitionStatus, VolumeStatus};
 use crate::plan::{Plan, PlannedEvent};
 
 /// `Available`: every partition keeps its read and write quorums.
@@ -37,6 +37,8 @@ pub struct Counts {
     pub spec_nwr: (u32, u32, u32),
     /// The pods' label selector, for the scale subresource.
     pub selector: String,
+    /// The volumes' growth, when `storage.size` grew.
+    pub volumes: Option<VolumeStatus>,
 }
 
 fn condition(
@@ -125,6 +127,16 @@ pub fn warning_events(
                 "ring change from epoch {} to {}: {} partition(s) still pending, no progress{since}",
                 t.from_epoch, t.to_epoch, t.partitions_pending
             ),
+            warning: true,
+        });
+    }
+    let refused = |s: &KVClusterStatus| s.volumes.as_ref().is_some_and(|v| !v.refused.is_empty());
+    if let Some(v) = new.volumes.as_ref().filter(|_| refused(new))
+        && !previous.is_some_and(refused)
+    {
+        events.push(PlannedEvent {
+            reason: "VolumeExpansionRefused".into(),
+            note: format!("cannot grow to {}: {}", v.size, v.refused.join("; ")),
             warning: true,
         });
     }
@@ -256,6 +268,7 @@ pub fn build(
         phase: Some(plan.phase),
         conditions: vec![available, progressing, degraded, settled],
         selector: Some(counts.selector),
+        volumes: counts.volumes,
     }
 }
 
@@ -300,6 +313,7 @@ mod tests {
             generation: Some(2),
             spec_nwr: (3, 1, 1),
             selector: "app=kvnode".into(),
+            volumes: None,
         }
     }
 
@@ -504,6 +518,18 @@ mod tests {
         assert!(events[0].warning);
         assert!(events[0].note.contains("kv-2"), "{}", events[0].note);
         assert!(warning_events(Some(&degraded), &degraded).is_empty());
+
+        let mut refused = degraded.clone();
+        refused.volumes = Some(VolumeStatus {
+            size: "20Gi".into(),
+            expanding: vec!["data-kv-1".into()],
+            refused: vec!["data-kv-1: storageclass does not allow expansion".into()],
+        });
+        let events = warning_events(Some(&degraded), &refused);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].reason, "VolumeExpansionRefused");
+        assert!(events[0].note.contains("data-kv-1"));
+        assert!(warning_events(Some(&refused), &refused).is_empty());
         assert_eq!(degraded.selector.as_deref(), Some("app=kvnode"));
     }
 }

@@ -14,6 +14,7 @@ pub mod service;
 pub mod servicemonitor;
 pub mod sizing;
 pub mod statefulset;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 

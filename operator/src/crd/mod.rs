@@ -25,6 +25,8 @@ pub const DEFAULT_PARTITIONS: u32 = 256;
 /// `quantity` are the API server's quantity library, Kubernetes 1.29 and later).
 pub const STORAGE_SIZE_RULE: &str =
     "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))";
+/// CEL transition rule of `spec.storage`: the size never goes down (a PVC cannot shrink).
+pub const STORAGE_GROWTH_RULE: &str = "!isQuantity(string(self.size)) || !isQuantity(string(oldSelf.size)) || quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0";
 /// The API server's message when [`STORAGE_SIZE_RULE`] fails.
 pub const STORAGE_SIZE_MESSAGE: &str = "storage.size must be a positive quantity such as 10Gi";
 
@@ -233,6 +235,9 @@ fn default_partitions() -> u32 {
 /// A pod's persistent volume.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": STORAGE_GROWTH_RULE, "message": "storage.size cannot shrink: a volume only grows"},
+]))]
 pub struct StorageSpec {
     /// Size of each pod's volume, such as `10Gi`.
     // A Quantity's schema is only `x-kubernetes-int-or-string`: without the CEL rule the API

@@ -38,6 +38,24 @@ pub struct KVClusterStatus {
     /// The pods' label selector, for the scale subresource (`kubectl scale`, autoscalers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The volumes, while `spec.storage.size` grows past what they hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<VolumeStatus>,
+}
+
+/// Volumes growing to `spec.storage.size`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    /// The size asked for.
+    pub size: String,
+    /// PVCs whose volume is still smaller: expansion asked for and not finished, or refused.
+    #[serde(default)]
+    pub expanding: Vec<String>,
+    /// PVCs whose expansion the API server refused, with why (usually: their storage class does not
+    /// allow volume expansion).
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
 
 /// The guarantee the quorums in force give.
