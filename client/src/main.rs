@@ -1,6 +1,7 @@
 //! `kvctl`, the kvcluster command line (DESIGN.md section 5a).
 
 use std::ffi::OsString;
+use std::io::IsTerminal as _;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -282,7 +283,12 @@ async fn get(client: &Client, args: GetArgs) -> ExitCode {
     let live: Vec<&[u8]> = read.live().map(|s| s.value.as_slice()).collect();
     match (&read, live.as_slice()) {
         (ReadResult::Found { context, .. }, [value]) => {
-            if let Err(e) = stdout_bytes(value) {
+            // On a terminal the value ends its line, so the prompt (or the context on stderr) does
+            // not run into it; piped, the bytes are exactly the value.
+            let newline = std::io::stdout().is_terminal() && !value.ends_with(b"\n");
+            let written = stdout_bytes(value)
+                .and_then(|()| if newline { stdout_bytes(b"\n") } else { Ok(()) });
+            if let Err(e) = written {
                 return local_failure(&e);
             }
             stderr_line(&format!("context: {context}"));

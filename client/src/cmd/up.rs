@@ -4,10 +4,12 @@
 //! `127.0.0.1:(PORT+i+PEER_PORT_OFFSET)` for its peers (1000 above: 9080.. by default), keeps its data in
 //! `DIR/kv-i` and its stderr in `DIR/kv-i.log`; every node reads the same `DIR/cluster.json` and
 //! `DIR/context.key` (made on the first run). Ctrl-C or SIGTERM stops the nodes (SIGTERM,
-//! then SIGKILL after [`STOP_TIMEOUT`]).
+//! then SIGKILL after [`STOP_TIMEOUT`]). A node that exits on its own is reported and the others keep
+//! serving; Enter restarts the stopped nodes on their data.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
@@ -16,7 +18,7 @@ use clap::Args;
 use kvapi::{ClusterConfig, Member};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::{EXIT_REFUSED, EXIT_UNREACHABLE, stderr_line};
@@ -584,33 +586,159 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
     // A closed stdout is no reason to stop the cluster.
     let _ = crate::stdout_bytes(banner.as_bytes());
 
-    tokio::select! {
-        biased;
-        signal = signals.recv() => {
-            stderr_line(&format!("{signal}: stopping the nodes"));
-            let _ = stop_tx.send(true);
-            stop_all(&mut tasks, &nodes, true).await;
-            ExitCode::SUCCESS
-        }
-        Some(joined) = tasks.join_next() => {
-            match joined {
-                Ok(exit) => {
-                    let node = &nodes[exit.index];
-                    stderr_line(&format!(
-                        "error: {} exited on its own ({}); last lines of {}:",
-                        node.id,
-                        describe_status(&exit.status),
-                        node.log.display()
-                    ));
-                    stderr_line(&log_tail(&node.log, LOG_TAIL_LINES));
-                }
-                Err(e) => stderr_line(&format!("error: a node supervisor failed: {e}")),
+    let mut cluster = Running {
+        binary,
+        data_dir: args.data_dir,
+        config_path,
+        nodes,
+        tasks,
+        stop_rx,
+        down: BTreeSet::new(),
+    };
+    // Enter restarts the nodes that stopped; without a usable stdin there is no such request.
+    let mut requests = Some(restart_requests());
+    loop {
+        tokio::select! {
+            biased;
+            signal = signals.recv() => {
+                stderr_line(&format!("{signal}: stopping the nodes"));
+                let _ = stop_tx.send(true);
+                stop_all(&mut cluster.tasks, &cluster.nodes, true).await;
+                return ExitCode::SUCCESS;
             }
-            stderr_line("stopping the other nodes");
-            let _ = stop_tx.send(true);
-            stop_all(&mut tasks, &nodes, true).await;
-            ExitCode::from(EXIT_UNREACHABLE)
+            Some(joined) = cluster.tasks.join_next() => {
+                let Ok(exit) = joined else {
+                    stderr_line("error: a node supervisor failed; stopping the other nodes");
+                    let _ = stop_tx.send(true);
+                    stop_all(&mut cluster.tasks, &cluster.nodes, true).await;
+                    return ExitCode::from(EXIT_UNREACHABLE);
+                };
+                cluster.report_exit(&exit);
+                if cluster.down.len() == cluster.nodes.len() {
+                    stderr_line("error: every node has stopped");
+                    return ExitCode::from(EXIT_UNREACHABLE);
+                }
+                stderr_line(&format!(
+                    "the other nodes keep serving; press Enter to restart {}, Ctrl-C to stop the cluster",
+                    cluster.down_ids()
+                ));
+            }
+            line = next_request(&mut requests) => {
+                if line.is_none() {
+                    requests = None;
+                } else if let Some(signal) = cluster.restart_down(&mut signals).await {
+                    stderr_line(&format!("{signal}: stopping the nodes"));
+                    let _ = stop_tx.send(true);
+                    stop_all(&mut cluster.tasks, &cluster.nodes, true).await;
+                    return ExitCode::SUCCESS;
+                }
+            }
         }
+    }
+}
+
+/// A local cluster once every node announced itself: what it takes to restart one.
+struct Running {
+    binary: PathBuf,
+    data_dir: PathBuf,
+    config_path: PathBuf,
+    nodes: Vec<NodeInfo>,
+    tasks: JoinSet<NodeExit>,
+    stop_rx: watch::Receiver<bool>,
+    /// Indexes of the nodes that exited on their own and were not restarted yet.
+    down: BTreeSet<usize>,
+}
+
+impl Running {
+    /// Reports a node that exited on its own, with the end of its log.
+    fn report_exit(&mut self, exit: &NodeExit) {
+        let Some(node) = self.nodes.get(exit.index) else {
+            return;
+        };
+        stderr_line(&format!(
+            "{} exited on its own ({}); last lines of {}:",
+            node.id,
+            describe_status(&exit.status),
+            node.log.display()
+        ));
+        stderr_line(&log_tail(&node.log, LOG_TAIL_LINES));
+        self.down.insert(exit.index);
+    }
+
+    fn down_ids(&self) -> String {
+        let ids: Vec<&str> = self
+            .down
+            .iter()
+            .filter_map(|i| self.nodes.get(*i))
+            .map(|n| n.id.as_str())
+            .collect();
+        ids.join(", ")
+    }
+
+    /// Starts every stopped node again on its own data and waits for each to announce itself.
+    /// Returns the stop signal when one arrives meanwhile.
+    async fn restart_down(&mut self, signals: &mut StopSignals) -> Option<&'static str> {
+        if self.down.is_empty() {
+            stderr_line("every node is running");
+            return None;
+        }
+        for index in std::mem::take(&mut self.down) {
+            let node = &self.nodes[index];
+            let child = match spawn_node(&self.binary, node, &self.data_dir, &self.config_path) {
+                Ok(child) => child,
+                Err(e) => {
+                    stderr_line(&format!("error: {e}"));
+                    self.down.insert(index);
+                    continue;
+                }
+            };
+            let (ready_tx, ready_rx) = oneshot::channel();
+            self.tasks.spawn(supervise(
+                index,
+                child,
+                node.log.clone(),
+                self.stop_rx.clone(),
+                ready_tx,
+            ));
+            tokio::select! {
+                biased;
+                signal = signals.recv() => return Some(signal),
+                outcome = tokio::time::timeout(READY_TIMEOUT, ready_rx) => match outcome {
+                    Ok(Ok(_)) => stderr_line(&format!("{} restarted on http://{}", node.id, node.address)),
+                    Ok(Err(_)) => stderr_line(&format!(
+                        "{} exited again before it was ready; see {}", node.id, node.log.display()
+                    )),
+                    Err(_) => stderr_line(&format!(
+                        "{} did not print its ready line within {}s; see {}",
+                        node.id, READY_TIMEOUT.as_secs(), node.log.display()
+                    )),
+                },
+            }
+        }
+        None
+    }
+}
+
+/// Lines typed on stdin, read by a thread of their own: a read blocked on a terminal cannot be
+/// cancelled, and tokio's stdin would make the runtime wait for it at exit; a detached thread does
+/// not keep the process alive.
+fn restart_requests() -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() || tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line typed on stdin; `None` once stdin is closed or unreadable.
+async fn next_request(requests: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match requests {
+        Some(lines) => lines.recv().await,
+        None => std::future::pending().await,
     }
 }
 
