@@ -21,9 +21,11 @@
 //! ```
 //!
 //! With a token and a private CA: `Client::builder("https://kv-0.example:8080").token("…").ca_cert_pem(pem)
-//! .build()?`.
+//! .build()?`. Through several nodes, with failover and retries: [`Nodes`]; read-modify-write with
+//! the caller's merge of siblings: [`Nodes::update`].
 
 mod connect;
+mod failover;
 
 use std::time::Duration;
 
@@ -39,6 +41,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 pub use connect::ClientBuilder;
+pub use failover::{Nodes, RetryPolicy, is_retryable};
 
 /// Overall deadline of a request made by [`Client::new`] when the request sets no `timeout_ms`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +101,14 @@ pub enum Error {
         status: u16,
         /// The decoded error body.
         body: ErrorBody,
+    },
+    /// A request through [`Nodes`] got no answer within its deadline, over every attempt.
+    #[error("no answer within the {deadline:?} deadline after {attempts} attempt(s)")]
+    DeadlineExceeded {
+        /// The policy's deadline.
+        deadline: Duration,
+        /// Attempts made.
+        attempts: u32,
     },
     /// The node answered with a success status but broke the wire contract (missing context header,
     /// malformed JSON or base64, unexpected status).

@@ -394,7 +394,9 @@ fn fail(error: &Error) -> ExitCode {
         | Error::BadToken(_)
         | Error::Tls(_) => ExitCode::from(EXIT_REFUSED),
         Error::Http(e) if e.is_builder() => ExitCode::from(EXIT_REFUSED),
-        Error::Http(_) | Error::InvalidResponse(_) => ExitCode::from(EXIT_UNREACHABLE),
+        Error::Http(_) | Error::InvalidResponse(_) | Error::DeadlineExceeded { .. } => {
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
     }
 }
 

@@ -381,6 +381,7 @@ pub(crate) fn error_kind(error: &Error) -> String {
     match error {
         Error::Server { status, body } => format!("{status} {}", body.error),
         Error::Http(e) if e.is_timeout() => "timeout".to_owned(),
+        Error::DeadlineExceeded { .. } => "timeout".to_owned(),
         Error::Http(e) if e.is_connect() => "connect".to_owned(),
         Error::Http(_) => "transport".to_owned(),
         Error::InvalidResponse(_) => "invalid response".to_owned(),
