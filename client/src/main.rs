@@ -93,7 +93,8 @@ enum Command {
     /// DIR/kv-i and its log in DIR/kv-i.log, and reads DIR/cluster.json (written with N = min(3, nodes) and
     /// majority W = R; an existing one with the same members is reused, so a restart keeps its epoch). Prints
     /// the endpoints once every node is ready. Ctrl-C or SIGTERM stops the nodes (SIGTERM, SIGKILL after 15 s)
-    /// and exits 0; a node that fails to start or dies stops the others and exits 3.
+    /// and exits 0. A node that fails to start stops the others and exits 3; a node that dies later is
+    /// reported while the others keep serving, and Enter restarts it on its data.
     Up(cmd::up::UpArgs),
     /// Show the partition map of the node at --endpoint
     ///

@@ -17,6 +17,8 @@ use crate::fail;
 
 /// Pause between polls while waiting.
 const POLL: Duration = Duration::from_millis(500);
+/// How often a waiting `add` or `remove` says where the change stands (on stderr).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// `kvctl cluster` subcommands.
 #[derive(Debug, Subcommand)]
@@ -209,8 +211,14 @@ async fn wait_settled(
     epoch: u64,
     deadline: Instant,
 ) -> Result<ClusterConfig, Failure> {
+    let started = Instant::now();
+    let mut last_report = started;
     loop {
         if let Ok(statuses) = member_statuses(client).await {
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                crate::stderr_line(&progress_line(&statuses, started.elapsed()));
+            }
             let configs: Vec<&ClusterConfig> = statuses
                 .iter()
                 .filter_map(|(_, s)| s.as_ref().ok())
@@ -234,6 +242,38 @@ async fn wait_settled(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// One line on a change in progress: partitions moved so far over every member, and who does not
+/// answer or is not on the new epoch yet.
+fn progress_line(statuses: &[(Member, Result<NodeStatus, Error>)], elapsed: Duration) -> String {
+    let (mut done, mut total) = (0u64, 0u64);
+    let mut waiting = Vec::new();
+    for (member, status) in statuses {
+        match status {
+            Ok(s) => {
+                if let Some(t) = &s.transfer {
+                    done += u64::from(t.partitions_done);
+                    total += u64::from(t.partitions_total);
+                }
+                if s.config.in_transition() {
+                    waiting.push(format!("{} (epoch {}, moving)", member.id, s.config.epoch));
+                }
+            }
+            Err(_) => waiting.push(format!("{} (not answering)", member.id)),
+        }
+    }
+    let moved = if total > 0 {
+        format!("{done}/{total} partitions received")
+    } else {
+        "no partition transfer reported".to_owned()
+    };
+    let waiting = if waiting.is_empty() {
+        "waiting for every member to report the settled ring".to_owned()
+    } else {
+        format!("waiting for {}", waiting.join(", "))
+    };
+    format!("after {}s: {moved}; {waiting}", elapsed.as_secs())
 }
 
 /// The status of every member of the endpoint's config (and of the ring being left), in order.
@@ -289,4 +329,51 @@ async fn status(client: &Client) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_sums_transfers_and_names_who_is_waited_for() {
+        let config = crate::cmd::up::local_config("c", 3, 18080).unwrap();
+        let member = |i: usize| config.members[i].clone();
+        let mut moving = config.clone();
+        moving.transition_from = Some(kvapi::PriorRing {
+            epoch: 1,
+            members: config.members.clone(),
+            n: config.n,
+        });
+        let status = |i: usize, done: u32, total: u32| NodeStatus {
+            node_id: config.members[i].id.clone(),
+            member: true,
+            config: moving.clone(),
+            peers: Vec::new(),
+            hints_pending: 0,
+            draining: false,
+            transfer: Some(kvapi::TransferStatus {
+                from_epoch: 1,
+                to_epoch: 2,
+                partitions_total: total,
+                partitions_done: done,
+                keys_received: 0,
+                bytes_received: 0,
+                pending: Vec::new(),
+            }),
+        };
+        let statuses = vec![
+            (member(0), Ok(status(0, 10, 40))),
+            (member(1), Ok(status(1, 5, 20))),
+            (member(2), Err(Error::InvalidKey("unreachable".into()))),
+        ];
+        let line = progress_line(&statuses, Duration::from_secs(12));
+        assert!(
+            line.starts_with("after 12s: 15/60 partitions received"),
+            "{line}"
+        );
+        assert!(line.contains("kv-0 (epoch 1, moving)"), "{line}");
+        assert!(line.contains("kv-2 (not answering)"), "{line}");
+    }
 }
