@@ -27,6 +27,9 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 3] = [Operation::Get, Operation::Put, Operation::Delete];
+
     /// The label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -175,7 +178,7 @@ impl Metrics {
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        Ok(Metrics {
+        let metrics = Metrics {
             requests: counter_vec(
                 &r,
                 "kv_requests_total",
@@ -364,7 +367,14 @@ impl Metrics {
             )?,
             engine: engine::EngineGauges::register(&r)?,
             registry: r,
-        })
+        };
+        // Every operation's failure series exists from the start, at 0, so a ratio is never absent.
+        for operation in Operation::ALL {
+            metrics
+                .quorum_failures
+                .with_label_values(&[operation.label()]);
+        }
+        Ok(metrics)
     }
 
     /// Records one finished client request.

@@ -30,6 +30,7 @@ fn every_metric_is_exposed_with_its_name() {
     for name in [
         "kv_requests_total{operation=\"put\",status=\"204\"} 1",
         "kv_quorum_failures_total{operation=\"delete\"} 1",
+        "kv_quorum_failures_total{operation=\"get\"} 0",
         "kv_request_duration_seconds_bucket",
         "kv_cache_hits_total",
         "kv_cache_misses_total",
