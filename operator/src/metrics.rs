@@ -94,6 +94,10 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
         registry.register(Box::new(ring_change_age.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             phase: gauges(
                 &registry,
@@ -292,6 +296,8 @@ mod tests {
             text.contains("kvoperator_reconcile_duration_seconds_count 2"),
             "{text}"
         );
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("process_resident_memory_bytes"), "{text}");
         Ok(())
     }
 

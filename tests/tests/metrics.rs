@@ -8,7 +8,8 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvcluster_tests::helm::cli_tool;
+use kvcluster_tests::helm::{cli_tool, metric_names, registered_metrics, unknown_metrics};
+use kvcluster_tests::kube::repo_path;
 use kvcluster_tests::{Cluster, NodeProcess, metric_sum};
 
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -331,5 +332,44 @@ fn promtool_check_metrics(text: &str) {
     assert!(
         out.status.success() && report.trim().is_empty(),
         "promtool check metrics: {report}\n{text}"
+    );
+}
+
+#[test]
+fn docs_monitoring_lists_exactly_the_registered_metrics() {
+    let docs = std::fs::read_to_string(repo_path("docs/monitoring.md")).unwrap();
+    // The source scan also finds literals of unit tests (`"kv_ring_epoch 7"`): keep their names,
+    // and a histogram's series only under the histogram's name.
+    let registered = registered_metrics();
+    let names: BTreeSet<String> = registered.iter().flat_map(|l| metric_names(l)).collect();
+    let names: BTreeSet<&String> = names
+        .iter()
+        .filter(|name| {
+            !["_bucket", "_count", "_sum"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|base| names.contains(base))
+            })
+        })
+        .collect();
+    assert!(
+        names.contains(&"kv_peer_rpc_errors_total".to_string())
+            && names.contains(&"kvoperator_cluster_phase".to_string()),
+        "the source scan found {names:?}"
+    );
+    let undocumented: Vec<&&String> = names
+        .iter()
+        .filter(|name| !docs.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/monitoring.md does not list {undocumented:?}"
+    );
+    // `kv_` and `kvoperator_` alone are the prefixes.
+    let mut unknown = unknown_metrics(&docs, &registered);
+    unknown.retain(|name| !name.ends_with('_'));
+    assert!(
+        unknown.is_empty(),
+        "docs/monitoring.md names metrics no code registers: {unknown:?} (of {:?})",
+        metric_names(&docs)
     );
 }
