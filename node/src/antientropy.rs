@@ -92,7 +92,7 @@ impl AntiEntropy {
             let started = std::time::Instant::now();
             self.sweep().await;
             self.metrics
-                .antientropy_sweep_seconds
+                .antientropy_last_sweep_duration
                 .set(started.elapsed().as_secs_f64());
             self.metrics.antientropy_last_sweep.set(unix_seconds());
         }

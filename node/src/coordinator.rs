@@ -20,7 +20,7 @@ use crate::causality::{SiblingSet, VersionVector};
 use crate::error::Error;
 use crate::handoff::Handoff;
 use crate::membership::{Membership, View};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Operation};
 use crate::replica::Replica;
 use crate::ring::partition_of;
 use crate::rpc::{RequestBody, ResponseBody, RpcClient, remaining};
@@ -164,10 +164,7 @@ impl Coordinator {
             }
         }
         if let Some(missed) = tally.shortfall() {
-            self.metrics
-                .quorum_failures
-                .with_label_values(&["read"])
-                .inc();
+            self.metrics.quorum_failed(Operation::Get);
             return Err(data_error.unwrap_or(missed));
         }
         let mut merged = SiblingSet::default();
@@ -208,6 +205,10 @@ impl Coordinator {
                 .await;
         }
         let mut tally = Tally::new(view.replica_sets(partition), w.unwrap_or(view.config.w));
+        let operation = match value {
+            Some(_) => Operation::Put,
+            None => Operation::Delete,
+        };
         let state = self
             .replica
             .write(partition, key.clone(), context, value)
@@ -256,10 +257,7 @@ impl Coordinator {
             }
         }
         if let Some(missed) = tally.shortfall() {
-            self.metrics
-                .quorum_failures
-                .with_label_values(&["write"])
-                .inc();
+            self.metrics.quorum_failed(operation);
             return Err(missed);
         }
         Ok(state)

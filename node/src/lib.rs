@@ -118,6 +118,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     };
     let rpc = RpcClient::new(
         membership.clone(),
+        metrics.clone(),
         config.peer_source_address,
         max_peer_message_bytes,
         peer_tls.clone(),

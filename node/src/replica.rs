@@ -51,15 +51,18 @@ impl Replica {
         }
     }
 
-    /// The local state of `key` in `partition` (empty when never written).
+    /// The local state of `key` in `partition` (empty when never written), counting one cache hit
+    /// or miss: a miss is a read that goes to the blocking pool and RocksDB.
     pub async fn read(
         self: &Arc<Self>,
         partition: u16,
         key: Arc<[u8]>,
     ) -> Result<Arc<SiblingSet>, Error> {
         if let Some(set) = self.storage.cached(partition, &key) {
+            self.metrics.cache_hits.inc();
             return Ok(set);
         }
+        self.metrics.cache_misses.inc();
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = this.stripe(&key).lock();
@@ -220,11 +223,6 @@ impl Replica {
     pub async fn sync_wal(self: &Arc<Self>) -> Result<(), Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.storage.sync_wal()).await?
-    }
-
-    /// Live data size estimate of local storage, in bytes.
-    pub fn live_data_bytes(&self) -> Result<u64, Error> {
-        self.storage.live_data_bytes()
     }
 
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {

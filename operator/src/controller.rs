@@ -179,7 +179,7 @@ pub async fn reconcile<A: NodeAdmin>(kvc: Arc<KVCluster>, ctx: Arc<Context<A>>) 
     let started = Instant::now();
     let result = reconcile_inner(&kvc, &ctx).await;
     ctx.metrics
-        .observe(started.elapsed(), result.as_ref().err());
+        .observe(&kvc, started.elapsed(), result.as_ref().err());
     if result.is_ok() {
         ctx.reset_backoff(&ObjectRef::from(kvc.as_ref()));
     }
@@ -325,6 +325,8 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
             &Patch::Apply(&patch),
         )
         .await?;
+    ctx.metrics
+        .observe_status(&ns, &name, &new_status, plan.ring.unavailable_members.len());
 
     let interval = if plan.waiting || plan.push.is_some() {
         ctx.settings.progress_interval
@@ -580,23 +582,25 @@ pub async fn run<A: NodeAdmin>(
         }
     }
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kvoperator");
-    Controller::new(
+    let controller = Controller::new(
         api::<KVCluster>(&client, namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<StatefulSet>(&client, namespace), owned.clone())
-    .owns(api::<Service>(&client, namespace), owned.clone())
-    .owns(api::<ConfigMap>(&client, namespace), owned.clone())
-    .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((obj, _)) => debug!(name = %obj.name, "reconciled"),
-            Err(e) => debug!(error = %e, "reconcile error"),
-        }
-    })
-    .await;
+    );
+    ctx.metrics.follow(controller.store());
+    controller
+        .owns(api::<StatefulSet>(&client, namespace), owned.clone())
+        .owns(api::<Service>(&client, namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(name = %obj.name, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -737,6 +737,17 @@ async fn settled_cluster_reports_running_and_requeues_slowly() -> TestResult {
         finish(task).await?,
         Action::requeue(Duration::from_secs(60))
     );
+    // The status just written is what the per-cluster metrics say.
+    let metrics = ctx.metrics.render();
+    let labels = r#"kvcluster_name="kv",kvcluster_namespace="ns""#;
+    for line in [
+        format!(r#"kvoperator_cluster_phase{{{labels},phase="Running"}} 1"#),
+        format!("kvoperator_cluster_members_ready{{{labels}}} 3"),
+        format!("kvoperator_cluster_ring_epoch{{{labels}}} 4"),
+        format!("kvoperator_cluster_ring_change_age_seconds{{{labels}}} 0"),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+    }
     Ok(())
 }
 
@@ -796,7 +807,7 @@ async fn a_failing_api_call_fails_the_reconcile_and_backs_off() -> TestResult {
     assert!(
         ctx.metrics
             .render()
-            .contains(r#"kvoperator_reconcile_errors_total{error="kube"} 1"#)
+            .contains(r#"kvoperator_reconcile_errors_total{error="kube",kvcluster_name="kv",kvcluster_namespace="ns"} 1"#)
     );
     assert_eq!(resource.name_any(), "kv");
     Ok(())

@@ -883,6 +883,19 @@ impl OperatorProcess {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The `host:port` it serves `/metrics` on, from the `address=` of its listen line.
+    pub fn metrics_address(&self) -> String {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(OPERATOR_LISTEN_MARK))
+            .find_map(|line| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+            })
+            .map(String::from)
+            .unwrap_or_else(|| panic!("no address= on the `{OPERATOR_LISTEN_MARK}` log line"))
+    }
+
     /// SIGTERM and wait (bounded).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

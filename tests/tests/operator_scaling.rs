@@ -29,8 +29,11 @@ use kvapi::NodeStatus;
 use kvcluster_tests::kube::{ControlPlane, OperatorProcess};
 use kvcluster_tests::kubelet;
 use kvcluster_tests::load::{LoadLimits, WriteLoad};
-use kvcluster_tests::{KvClient, NodeBuilder, NodeProcess, free_ports, wait_for_status};
-use kvoperator::crd::{Consistency, KVCluster};
+use kvcluster_tests::{
+    KvClient, NodeBuilder, NodeProcess, free_ports, http_client_builder, metric_sum,
+    wait_for_status,
+};
+use kvoperator::crd::{Consistency, KVCluster, KVClusterStatus};
 use serde_json::json;
 
 const NS: &str = "kv-scaling";
@@ -355,6 +358,48 @@ fn assert_owned(meta: &ObjectMeta, what: &str, owner_uid: &str) {
 }
 
 /// The peer port of fake pod `i`: `ports` holds the client ports of every pod, then their peer ports.
+/// Waits (bounded) until the operator's per-cluster metrics say what the settled `status` says:
+/// its phase, every member ready, its epoch, no ring change in progress.
+async fn assert_cluster_metrics(operator: &OperatorProcess, status: &KVClusterStatus) {
+    let url = format!("http://{}/metrics", operator.metrics_address());
+    let phase = format!("{:?}", status.phase.unwrap());
+    let cluster = [("kvcluster_namespace", NS), ("kvcluster_name", NAME)];
+    let with_phase = [cluster[0], cluster[1], ("phase", phase.as_str())];
+    let members = status.members.len() as f64;
+    let want = [
+        ("kvoperator_cluster_phase", &with_phase[..], 1.0),
+        ("kvoperator_cluster_members", &cluster[..], members),
+        ("kvoperator_cluster_members_ready", &cluster[..], members),
+        (
+            "kvoperator_cluster_ring_epoch",
+            &cluster[..],
+            status.ring_epoch as f64,
+        ),
+        (
+            "kvoperator_cluster_ring_change_age_seconds",
+            &cluster[..],
+            0.0,
+        ),
+    ];
+    let http = http_client_builder().build().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+        let wrong: Vec<_> = want
+            .iter()
+            .filter(|(name, labels, value)| metric_sum(&text, name, labels) != Some(*value))
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the operator's metrics disagree with the status on {wrong:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn peer_port(ports: &[u16], i: usize) -> u16 {
     ports[MAX_PODS as usize + i]
 }
@@ -495,6 +540,7 @@ async fn operator_scales_a_ring_3_to_5_to_3_under_load_and_changes_quorums_in_pl
     );
     assert_eq!(status.members, vec!["demo-0", "demo-1", "demo-2"]);
     assert_eq!(status.consistency, Some(Consistency::Strong));
+    assert_cluster_metrics(&operator, &status).await;
 
     // Every owned object, server-side applied by kvoperator and controlled by the resource.
     let cm = Api::<ConfigMap>::namespaced(admin.clone(), NS)
@@ -567,6 +613,7 @@ async fn operator_scales_a_ring_3_to_5_to_3_under_load_and_changes_quorums_in_pl
         kvc.status.as_ref().unwrap().members,
         vec!["demo-0", "demo-1", "demo-2", "demo-3", "demo-4"]
     );
+    assert_cluster_metrics(&operator, kvc.status.as_ref().unwrap()).await;
 
     // Scale down 5 → 3.
     kvcs.patch(

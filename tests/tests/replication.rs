@@ -231,20 +231,23 @@ async fn two_nodes_down_answers_503_with_counts_quickly() {
     );
 
     let after = c0.metrics().await;
-    let delta = |op: &str| {
-        metric(&after, "kv_quorum_failures_total", &[("operation", op)])
-            - metric(&before, "kv_quorum_failures_total", &[("operation", op)])
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        metric(&after, name, labels) - metric(&before, name, labels)
     };
-    assert_eq!(
-        delta("write"),
-        3.0,
-        "kv_quorum_failures_total{{operation=\"write\"}} on kv-0 must count the 3 failed writes"
-    );
-    assert_eq!(
-        delta("read"),
-        3.0,
-        "kv_quorum_failures_total{{operation=\"read\"}} on kv-0 must count the 3 failed reads"
-    );
+    // The quorum failures and the requests share one `operation` vocabulary, so a failure ratio per
+    // operation is one division.
+    for op in ["put", "get"] {
+        assert_eq!(
+            delta("kv_quorum_failures_total", &[("operation", op)]),
+            3.0,
+            "kv_quorum_failures_total{{operation=\"{op}\"}} on kv-0 must count the 3 failed {op}s\n{after}"
+        );
+        assert_eq!(
+            delta("kv_requests_total", &[("operation", op), ("status", "503")]),
+            3.0,
+            "kv_requests_total{{operation=\"{op}\",status=\"503\"}} counts the same 3 requests\n{after}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! ring settled without them and they hold no hints.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kvcluster_tests::load::{LoadLimits, WriteLoad};
@@ -30,6 +32,24 @@ async fn transfer_keys(cluster: &Cluster, nodes: &[usize]) -> f64 {
     total
 }
 
+/// Watches `client`'s transfer gauges until `stop` is set, and returns the most partitions it
+/// reported gaining.
+fn watch_partitions_gained(
+    client: KvClient,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<f64> {
+    tokio::spawn(async move {
+        let mut most: f64 = 0.0;
+        while !stop.load(Ordering::Acquire) {
+            let text = client.metrics().await;
+            let gained = metric_sum(&text, "kv_transfer_partitions_gained", &[]).unwrap_or(0.0);
+            most = most.max(gained);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        most
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn growing_to_five_and_back_to_three_under_load_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(3, 3, 2, 2).await;
@@ -43,6 +63,8 @@ async fn growing_to_five_and_back_to_three_under_load_loses_no_acknowledged_writ
     grow.epoch += 1;
     grow.members.push(cluster.member(a));
     grow.members.push(cluster.member(b));
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let watch = watch_partitions_gained(cluster.client(a).clone(), stop_watch.clone());
     let resp = cluster.write_config(0, &grow).await;
     assert_eq!(resp.status, 200, "{resp}");
     let t0 = Instant::now();
@@ -51,6 +73,28 @@ async fn growing_to_five_and_back_to_three_under_load_loses_no_acknowledged_writ
         .wait_settled(&[0, 1, 2, a, b], grow.epoch + 1, SETTLE_TIMEOUT)
         .await
         .expect("the ring did not settle after growing to 5");
+    stop_watch.store(true, Ordering::Release);
+    let most_gained = watch.await.unwrap();
+    assert!(
+        most_gained > 0.0,
+        "a joining node reports the partitions it gains while the change runs"
+    );
+    // The node notices the settled ring at its next transfer step.
+    let zero = |text: &str, gauge: &str| metric_sum(text, gauge, &[]) == Some(0.0);
+    let t = Instant::now();
+    loop {
+        let text = cluster.client(a).metrics().await;
+        if zero(&text, "kv_transfer_partitions_gained")
+            && zero(&text, "kv_transfer_partitions_pending")
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the transfer gauges stay set once the ring settled\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(grown.members.len(), 5);
     let moved_grow = transfer_keys(&cluster, &[0, 1, 2, a, b]).await;
     eprintln!(

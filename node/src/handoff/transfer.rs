@@ -142,6 +142,7 @@ impl Transfers {
             if let Some(finished) = finished {
                 self.forget(&finished).await?;
             }
+            self.metrics.transfer_partitions_gained.set(0);
             self.metrics.transfer_partitions_pending.set(0);
             return self.drop_unowned(&view).await;
         };
@@ -159,12 +160,12 @@ impl Transfers {
                 .map(|(&p, _)| p)
                 .collect();
             for partition in pending {
+                self.publish(&plan);
                 self.pull(&mut plan, partition, quorum).await?;
                 *self.plan.lock() = Some(plan.clone());
             }
         }
-        let pending = plan.partitions.values().filter(|p| !p.done).count();
-        self.metrics.transfer_partitions_pending.set(pending as i64);
+        self.publish(&plan);
         let done = plan.done();
         *self.plan.lock() = Some(plan);
         let finisher = view.config.members.iter().map(|m| &m.id).min();
@@ -172,6 +173,15 @@ impl Transfers {
             self.complete(&view).await?;
         }
         Ok(())
+    }
+
+    /// Publishes the progress of `plan` as metrics.
+    fn publish(&self, plan: &Plan) {
+        let pending = plan.partitions.values().filter(|p| !p.done).count();
+        self.metrics
+            .transfer_partitions_gained
+            .set(plan.partitions.len() as i64);
+        self.metrics.transfer_partitions_pending.set(pending as i64);
     }
 
     /// The partitions this node gains from the ring of `from_epoch`, with persisted progress.

@@ -36,13 +36,25 @@ pub(super) async fn metrics(State(node): State<Arc<Node>>, request: Request) -> 
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return method_not_allowed(request.method());
     }
-    match node.replica.live_data_bytes() {
-        Ok(bytes) => node
-            .metrics
-            .storage_live_data_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX)),
-        Err(e) => tracing::warn!(error = %e, "cannot read the live data size"),
-    }
+    let storage = node.replica.storage();
+    let engine = storage
+        .engine_stats()
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot read RocksDB's figures"))
+        .ok();
+    let view = node.membership.view();
+    let me = node.membership.node_id();
+    let peers: Vec<&str> = view
+        .all_members()
+        .into_iter()
+        .map(|m| m.id.as_str())
+        .filter(|id| *id != me)
+        .collect();
+    node.metrics.refresh(
+        view.config.epoch,
+        &peers,
+        &storage.hint_backlog(),
+        engine.as_ref(),
+    );
     (
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         node.metrics.render(),

@@ -14,24 +14,7 @@ use super::{MAX_TIMEOUT_MS, Node, error_response, insert_context, read_value};
 use crate::causality::{SiblingSet, VersionVector};
 use crate::context_token::{ContextError, ContextKeys};
 use crate::error::Error;
-
-/// The three key-value operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Operation {
-    Get,
-    Put,
-    Delete,
-}
-
-impl Operation {
-    fn label(self) -> &'static str {
-        match self {
-            Operation::Get => "get",
-            Operation::Put => "put",
-            Operation::Delete => "delete",
-        }
-    }
-}
+use crate::metrics::Operation;
 
 /// Query parameters of a key-value request, validated.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -58,7 +41,7 @@ pub(super) async fn kv(State(node): State<Arc<Node>>, request: Request) -> Respo
         Err(e) => error_response(&e),
     };
     node.metrics.observe_request(
-        operation.label(),
+        operation,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );

@@ -47,19 +47,14 @@ impl ObjectCache {
         }
     }
 
-    /// The cached set for `key`, counting a hit or a miss.
+    /// The cached set for `key`. Hits and misses are counted per client read by the replica, not
+    /// here: writes and merges look keys up too.
     pub fn get(&self, key: &[u8]) -> Option<Arc<SiblingSet>> {
-        let found = self
-            .inner
+        self.inner
             .lock()
             .entries
             .get(key)
-            .map(|(set, _)| set.clone());
-        match found {
-            Some(_) => self.metrics.cache_hits.inc(),
-            None => self.metrics.cache_misses.inc(),
-        }
-        found
+            .map(|(set, _)| set.clone())
     }
 
     /// Stores `set`, whose record encodes to `encoded_bytes`, under `key`, evicting least recently
@@ -156,8 +151,6 @@ mod tests {
         assert!(cache.get(b"a").is_some());
         assert!(cache.get(b"c").is_some());
         assert!(metrics.cache_size_bytes.get() <= 1500);
-        assert_eq!(metrics.cache_hits.get(), 3);
-        assert_eq!(metrics.cache_misses.get(), 1);
     }
 
     #[test]

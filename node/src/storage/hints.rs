@@ -134,13 +134,11 @@ impl HintLedger {
             metrics.hints_corrupt.inc_by(corrupt.len() as u64);
             db.write(corrupt)?;
         }
-        let ledger = HintLedger {
+        Ok(HintLedger {
             totals: Mutex::new(totals),
             last_sequence: AtomicU64::new(last),
             metrics,
-        };
-        ledger.publish();
-        Ok(ledger)
+        })
     }
 
     /// The next sequence number: now in microseconds, or one more than the last when the clock has
@@ -153,11 +151,6 @@ impl HintLedger {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(next(last)))
             .unwrap_or_else(|last| last);
         next(last)
-    }
-
-    fn publish(&self) {
-        let total: u64 = self.totals.lock().targets.values().map(|t| t.count).sum();
-        self.metrics.hints_pending.set(total as i64);
     }
 }
 
@@ -220,7 +213,6 @@ impl Storage {
                 .lock()
                 .remove(target, hint.partition, bytes);
         }
-        self.hints.publish();
         written
     }
 
@@ -304,8 +296,6 @@ impl Storage {
         for held in hints {
             totals.remove(target, held.hint.partition, held.bytes);
         }
-        drop(totals);
-        self.hints.publish();
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use rocksdb::{
 
 use crate::causality::SiblingSet;
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::metrics::{ColumnFamilyStats, EngineStats, Metrics};
 use cache::ObjectCache;
 use wal_health::WalHealth;
 
@@ -282,12 +282,34 @@ impl Storage {
         self.wal.watch(self.db.flush_wal(true))
     }
 
-    /// RocksDB's estimate of the live data size of the objects, in bytes.
-    pub fn live_data_bytes(&self) -> Result<u64, Error> {
-        Ok(self
-            .db
-            .property_int_value_cf(self.cf(OBJECTS_CF)?, "rocksdb.estimate-live-data-size")?
-            .unwrap_or(0))
+    /// RocksDB's figures for `/metrics`: in-memory properties, cheap to read.
+    pub fn engine_stats(&self) -> Result<EngineStats, Error> {
+        let mut column_families = Vec::new();
+        for name in [OBJECTS_CF, META_CF, HINTS_CF] {
+            let cf = self.cf(name)?;
+            let int = |property: &str| -> Result<u64, Error> {
+                Ok(self.db.property_int_value_cf(cf, property)?.unwrap_or(0))
+            };
+            column_families.push(ColumnFamilyStats {
+                name,
+                sst_files_bytes: int("rocksdb.total-sst-files-size")?,
+                pending_compaction_bytes: int("rocksdb.estimate-pending-compaction-bytes")?,
+                memtable_bytes: int("rocksdb.cur-size-all-mem-tables")?,
+                block_cache_usage_bytes: int("rocksdb.block-cache-usage")?,
+            });
+        }
+        let db_int = |property: &str| -> Result<u64, Error> {
+            Ok(self.db.property_int_value(property)?.unwrap_or(0))
+        };
+        Ok(EngineStats {
+            column_families,
+            live_data_bytes: self
+                .db
+                .property_int_value_cf(self.cf(OBJECTS_CF)?, "rocksdb.estimate-live-data-size")?
+                .unwrap_or(0),
+            writes_delayed: db_int("rocksdb.actual-delayed-write-rate")? > 0,
+            writes_stopped: db_int("rocksdb.is-write-stopped")? > 0,
+        })
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, Error> {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::causality::{SiblingSet, VersionVector};
 use crate::error::Error;
 use crate::membership::Membership;
+use crate::metrics::Metrics;
 use crate::storage::hints::Hint;
 use crate::tls::{PeerTls, Reloading};
 
@@ -149,6 +150,27 @@ pub enum RequestBody {
         /// The partition.
         partition: u16,
     },
+}
+
+impl RequestBody {
+    /// The `rpc` label of the peer RPC metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RequestBody::Ping => "ping",
+            RequestBody::FetchConfig => "fetch_config",
+            RequestBody::Read { .. } => "read",
+            RequestBody::Merge { .. } => "merge",
+            RequestBody::Coordinate { .. } => "coordinate",
+            RequestBody::StoreHint { .. } => "store_hint",
+            RequestBody::DeliverHints(_) => "deliver_hints",
+            RequestBody::Summary { .. } => "summary",
+            RequestBody::FetchSegments { .. } => "fetch_segments",
+            RequestBody::MergeBatch { .. } => "merge_batch",
+            RequestBody::PurgeTombstones { .. } => "purge_tombstones",
+            RequestBody::TransferProgress => "transfer_progress",
+            RequestBody::HintsPending { .. } => "hints_pending",
+        }
+    }
 }
 
 /// The answer to an [`RpcRequest`].
@@ -286,6 +308,7 @@ pub struct RpcClient {
     pools: Mutex<HashMap<String, PeerPool>>,
     generation: AtomicU64,
     membership: Arc<Membership>,
+    metrics: Arc<Metrics>,
 }
 
 /// The shortest timeout after which a call with no answer condemns its connection pool.
@@ -308,9 +331,11 @@ struct PeerPool {
 
 impl RpcClient {
     /// A client for the peers of `membership`, connecting from `source` when given, that refuses
-    /// answers larger than `max_message_bytes`, with mutual TLS when `tls` is given.
+    /// answers larger than `max_message_bytes`, with mutual TLS when `tls` is given, recording each
+    /// call's latency and failure in `metrics`.
     pub fn new(
         membership: Arc<Membership>,
+        metrics: Arc<Metrics>,
         source: Option<IpAddr>,
         max_message_bytes: usize,
         tls: Option<Arc<Reloading<PeerTls>>>,
@@ -329,6 +354,7 @@ impl RpcClient {
             pools: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             membership,
+            metrics,
         }))
     }
 
@@ -411,6 +437,7 @@ impl RpcClient {
             .peer_address(peer)
             .ok_or_else(|| Error::Rpc(format!("{peer} is not a member")))?
             .to_string();
+        let rpc = body.kind();
         let request = RpcRequest {
             cluster: view.config.cluster.clone(),
             epoch: view.config.epoch,
@@ -421,6 +448,14 @@ impl RpcClient {
         let started = Instant::now();
         let uri = format!("{}://{address}{RPC_PATH}", self.scheme());
         let outcome = tokio::time::timeout(timeout, self.send(&pool.client, &uri, &request)).await;
+        let error = match &outcome {
+            Ok(Ok(_)) => None,
+            Ok(Err(Error::PeerUnavailable(_))) => Some("connection"),
+            Ok(Err(_)) => Some("protocol"),
+            Err(_) => Some("timeout"),
+        };
+        self.metrics
+            .observe_peer_rpc(peer, rpc, started.elapsed().as_secs_f64(), error);
         let response = match outcome {
             Ok(Ok(response)) => {
                 *pool.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -532,83 +567,4 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn messages_round_trip_and_unknown_versions_are_refused() {
-        let request = RpcRequest {
-            cluster: "c".into(),
-            epoch: 4,
-            sender: "kv-1".into(),
-            body: RequestBody::Read {
-                partition: 7,
-                key: b"k".to_vec(),
-            },
-        };
-        let bytes = encode(&request);
-        let back: RpcRequest = decode(&bytes).unwrap();
-        assert_eq!(back.epoch, 4);
-        assert!(matches!(back.body, RequestBody::Read { partition: 7, .. }));
-        let mut future = bytes.clone();
-        future[0] = RPC_VERSION + 1;
-        let refused = decode::<RpcRequest>(&future).unwrap_err().to_string();
-        assert!(refused.contains("unsupported message version"), "{refused}");
-        let mut trailing = bytes;
-        trailing.push(0);
-        assert!(decode::<RpcRequest>(&trailing).is_err());
-        assert!(decode::<RpcRequest>(&[]).is_err());
-    }
-
-    #[test]
-    fn contract_types_with_absent_optional_fields_round_trip() {
-        let config: ClusterConfig = serde_json::from_str(
-            r#"{"cluster":"c","epoch":3,"members":[{"id":"kv-0","address":"a:1","peer_address":"a:2"}],
-                "n":1,"w":1,"r":1,"partitions":256,"vnodes":64}"#,
-        )
-        .unwrap();
-        let mut transition = config.clone();
-        transition.transition_from = Some(kvapi::PriorRing {
-            epoch: 2,
-            members: config.members.clone(),
-            n: 1,
-        });
-        for config in [config, transition] {
-            let bytes = encode(&RpcResponse {
-                epoch: 3,
-                body: ResponseBody::Config(config.clone()),
-            });
-            let back: RpcResponse = decode(&bytes).unwrap();
-            assert!(matches!(back.body, ResponseBody::Config(c) if c == config));
-        }
-        let failed = ResponseBody::Failed {
-            status: 503,
-            error: ErrorBody {
-                error: "quorum_not_reached".into(),
-                message: "m".into(),
-                context: None,
-                replied: Some(1),
-                required: Some(2),
-            },
-        };
-        let back: RpcResponse = decode(&encode(&RpcResponse {
-            epoch: 1,
-            body: failed,
-        }))
-        .unwrap();
-        assert!(
-            matches!(back.body, ResponseBody::Failed { status: 503, error } if error.replied == Some(1))
-        );
-    }
-
-    proptest! {
-        #[test]
-        fn the_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode::<RpcRequest>(&bytes);
-            let _ = decode::<RpcResponse>(&bytes);
-        }
-    }
-}
+mod tests;
