@@ -119,6 +119,15 @@ enum Command {
     /// key. Prints per-operation throughput and latency percentiles (HdrHistogram), errors by kind and sibling
     /// statistics; errors are not counted as latencies.
     Bench(cmd::bench::BenchArgs),
+    /// Print a shell completion script
+    ///
+    /// For example `kvctl completions bash > /etc/bash_completion.d/kvctl`, or
+    /// `source <(kvctl completions zsh)`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Arguments of `kvctl get`.
@@ -253,6 +262,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     let command = match cli.command {
+        Command::Completions { shell } => return completions(shell),
         Command::Up(args) => return cmd::up::run(args).await,
         Command::Bench(args) => return cmd::bench::run(&cli.endpoint, &access, args).await,
         other => other,
@@ -268,7 +278,20 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Ring(args) => cmd::admin::ring(&client, args).await,
         Command::Status(args) => cmd::admin::status(&client, args).await,
         Command::Cluster(command) => cmd::cluster::run(&client, command).await,
-        Command::Up(_) | Command::Bench(_) => ExitCode::from(EXIT_REFUSED),
+        Command::Up(_) | Command::Bench(_) | Command::Completions { .. } => {
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
+/// Writes the completion script of `shell` to stdout.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut script);
+    match stdout_bytes(&script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => local_failure(&e),
     }
 }
 
@@ -437,6 +460,31 @@ fn os_bytes(arg: OsString) -> Vec<u8> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_scripts_name_every_subcommand() {
+        use clap::CommandFactory as _;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kvctl", &mut script);
+            let script = String::from_utf8(script).unwrap();
+            for sub in [
+                "get",
+                "put",
+                "delete",
+                "cluster",
+                "bench",
+                "up",
+                "completions",
+            ] {
+                assert!(script.contains(sub), "{shell}: no {sub}");
+            }
+        }
+    }
     use clap::CommandFactory;
 
     #[test]
