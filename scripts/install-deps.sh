@@ -6,8 +6,11 @@ set -euo pipefail
 # Debian packages: libclang for RocksDB's bindgen, a C++ toolchain for RocksDB itself; openssl, unzip
 # and util-linux (flock) for the real Kubernetes API server the operator tests run against; iproute2
 # (ip netns) and iptables for the chaos tests' network namespaces and partitions; strace for the test
-# that checks which syncs precede an acknowledged write (tests/tests/durability_edges.rs).
-apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux iproute2 iptables strace)
+# that checks which syncs precede an acknowledged write (tests/tests/durability_edges.rs); mmdebstrap,
+# umoci and skopeo build the container image without a daemon (scripts/image.sh), and runc runs it in
+# tests/tests/image.rs.
+apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux iproute2 iptables strace
+  mmdebstrap umoci skopeo runc)
 
 missing=()
 for package in "${apt_packages[@]}"; do
