@@ -34,6 +34,9 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Any other command: umoci unpack, runc exec of a short-lived binary, runc state.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long kvnode may take to fail on the read-only root.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
 #[tokio::test]
 async fn image_runs_kvnode_as_non_root_on_a_read_only_root() {
     if let Err(missing) = prerequisites() {
@@ -129,16 +132,22 @@ async fn image_runs_kvnode_as_non_root_on_a_read_only_root() {
     assert_success("kvoperator --help in the image", &help);
     assert!(text(&help.stdout).contains("Usage: kvoperator"));
 
-    // The root is read-only: even the user's own home cannot take a new data directory.
-    let probe = container.exec(&[
-        "kvnode",
-        "--data-dir",
-        "/home/nonroot/probe",
-        "--listen",
-        "127.0.0.1:0",
-        "--peer-listen",
-        "127.0.0.1:0",
-    ]);
+    // The root is read-only: even the user's own home cannot take a new data directory (on a
+    // writable root this kvnode would start and serve, and outlive PROBE_TIMEOUT).
+    let probe = container
+        .try_exec(
+            &[
+                "kvnode",
+                "--data-dir",
+                "/home/nonroot/probe",
+                "--listen",
+                "127.0.0.1:0",
+                "--peer-listen",
+                "127.0.0.1:0",
+            ],
+            PROBE_TIMEOUT,
+        )
+        .expect("kvnode started with its data under /home/nonroot: the root is writable");
     assert!(
         !probe.status.success() && text(&probe.stderr).contains("Read-only file system"),
         "a write under / succeeded or failed for another reason ({}): {}",
@@ -292,11 +301,18 @@ impl Container {
 
     /// Runs `args` inside the container as the image's user.
     fn exec(&self, args: &[&str]) -> Output {
+        self.try_exec(args, COMMAND_TIMEOUT).unwrap_or_else(|| {
+            panic!("{args:?} in the image did not finish within {COMMAND_TIMEOUT:?}")
+        })
+    }
+
+    /// [`Self::exec`], or `None` when it has not finished within `timeout` (it is left running).
+    fn try_exec(&self, args: &[&str], timeout: Duration) -> Option<Output> {
         let mut command = Command::new("runc");
         command
             .args(["--root", RUNC_ROOT, "exec", &self.id])
             .args(args);
-        run_bounded(&mut command, COMMAND_TIMEOUT)
+        try_run_bounded(&mut command, timeout)
     }
 
     /// Sends SIGTERM to the container's init and waits for `runc run` to return its exit status.
@@ -352,6 +368,12 @@ fn runc(args: &[&str]) -> Output {
 
 /// Runs `command` to completion, killing it and failing after `timeout`.
 fn run_bounded(command: &mut Command, timeout: Duration) -> Output {
+    try_run_bounded(command, timeout)
+        .unwrap_or_else(|| panic!("{command:?} did not finish within {timeout:?}"))
+}
+
+/// Runs `command` to completion, or kills it after `timeout` and returns `None`.
+fn try_run_bounded(command: &mut Command, timeout: Duration) -> Option<Output> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -378,17 +400,17 @@ fn run_bounded(command: &mut Command, timeout: Duration) -> Output {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{command:?} did not finish within {timeout:?}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let stdout = pipes.next().expect("stdout").join().unwrap_or_default();
     let stderr = pipes.next().expect("stderr").join().unwrap_or_default();
-    Output {
+    Some(Output {
         status,
         stdout,
         stderr,
-    }
+    })
 }
 
 fn assert_success(what: &str, output: &Output) {
