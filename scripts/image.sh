@@ -10,9 +10,11 @@
 #    (OUT/kvcluster.tar, skopeo) that `ctr -n k8s.io images import`, `docker load` and
 #    `kind load image-archive` take.
 #
-#   scripts/image.sh                        # debug binaries from $CARGO_TARGET_DIR/debug (or target/debug)
-#   scripts/image.sh --release              # release binaries: cargo build --release --locked --workspace --bins
-#   scripts/image.sh --bin-dir DIR --out DIR --name kvcluster:dev --fresh-base
+#   scripts/image.sh               # debug binaries from $CARGO_TARGET_DIR/debug (or target/debug), image
+#                                  # written to $CARGO_TARGET_DIR/image (or target/image), named kvcluster:VERSION
+#   scripts/image.sh --release     # release binaries: cargo build --release --locked --workspace --bins first
+#   scripts/image.sh --bin-dir DIR --out DIR --name kvcluster:dev
+#   scripts/image.sh --fresh-base  # rebuild the cached base (to take Debian's security updates)
 #
 # Needs root (mmdebstrap writes the base's files with their owners) and the Debian packages mmdebstrap,
 # umoci and skopeo (scripts/install-deps.sh). The base comes from the Debian release of this machine,
