@@ -68,6 +68,24 @@ async fn image_runs_kvnode_as_non_root_on_a_read_only_root() {
         started.elapsed()
     );
 
+    // The tarball for `ctr images import` / `docker load` names the image.
+    let manifest = run_bounded(
+        Command::new("tar")
+            .arg("--extract")
+            .arg("--to-stdout")
+            .arg("--file")
+            .arg(image_dir.join("kvcluster.tar"))
+            .arg("manifest.json"),
+        COMMAND_TIMEOUT,
+    );
+    assert_success("reading the docker archive's manifest.json", &manifest);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).expect("json");
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        serde_json::json!(["docker.io/library/kvcluster:test"]),
+        "the docker archive's image name"
+    );
+
     let bundle = dir.path().join("bundle");
     let unpacked = run_bounded(
         Command::new("umoci")
