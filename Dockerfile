@@ -8,7 +8,8 @@
 #   docker run --read-only -v kvdata:/var/lib/kvnode -p 8080:8080 kvcluster:0.1.0 --listen 0.0.0.0:8080 --insecure
 #
 # Without a Docker daemon, scripts/image.sh builds the same image from Debian packages (docs/decisions.md).
-FROM rust:1.89-bookworm AS build
+# Bookworm, as the final stage; Rust 1.95, what the tests build with (parking_lot 0.13 needs it).
+FROM rust:1.95-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends clang libclang-dev \
  && rm -rf /var/lib/apt/lists/*
