@@ -143,6 +143,6 @@ skopeo copy --quiet "oci:$out/oci:$tag" "docker-archive:$out/kvcluster.tar:$name
 
 layers="$(du -sh "$out/oci/blobs" | cut -f1)"
 archive="$(du -h "$out/kvcluster.tar" | cut -f1)"
-echo "image.sh: $name ($profile binaries from $bin_dir)"
+echo "image.sh: $name (binaries from $bin_dir)"
 echo "image.sh: OCI layout $image ($layers compressed)"
 echo "image.sh: docker archive $out/kvcluster.tar ($archive): ctr -n k8s.io images import $out/kvcluster.tar"
