@@ -4,8 +4,9 @@
 # filesystem: kvnode keeps its data in the volume /var/lib/kvnode (KVNODE_DATA_DIR) and writes nowhere
 # else. The entrypoint is kvnode; the operator's Deployment runs `kvoperator` as its command.
 #
-#   docker build -t kvcluster:0.1.0 .
-#   docker run --read-only -v kvdata:/var/lib/kvnode -p 8080:8080 kvcluster:0.1.0 --listen 0.0.0.0:8080 --insecure
+#   docker build -t kvcluster/kvcluster:0.1.0 .
+#   docker run --read-only -v kvdata:/var/lib/kvnode -p 8080:8080 kvcluster/kvcluster:0.1.0 \
+#     --listen 0.0.0.0:8080 --insecure
 #
 # Without a Docker daemon, scripts/image.sh builds the same image from Debian packages (docs/decisions.md).
 # Bookworm, as the final stage; Rust 1.95, what the tests build with (parking_lot 0.13 needs it).

@@ -11,7 +11,8 @@
 #    `kind load image-archive` take.
 #
 #   scripts/image.sh               # debug binaries from $CARGO_TARGET_DIR/debug (or target/debug), image
-#                                  # written to $CARGO_TARGET_DIR/image (or target/image), named kvcluster:VERSION
+#                                  # in $CARGO_TARGET_DIR/image (or target/image), named kvcluster/kvcluster:VERSION
+#                                  # (the Helm chart's default image)
 #   scripts/image.sh --release     # release binaries: cargo build --release --locked --workspace --bins first
 #   scripts/image.sh --bin-dir DIR --out DIR --name kvcluster:dev
 #   scripts/image.sh --fresh-base  # rebuild the cached base (to take Debian's security updates)
@@ -27,7 +28,7 @@ profile=debug
 bin_dir=""
 out=""
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)"
-name="kvcluster:$version"
+name="kvcluster/kvcluster:$version"
 fresh_base=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -47,9 +48,9 @@ while [ $# -gt 0 ]; do
 done
 bin_dir="${bin_dir:-$target_dir/$profile}"
 out="${out:-$target_dir/image}"
-case "$name" in
-  *:*) tag="${name##*:}" ;;
-  *) die "--name must be NAME:TAG, not $name" ;;
+tag="${name##*:}"
+case "$tag" in
+  "$name"|*/*|"") die "--name must be REPOSITORY:TAG, not $name" ;;
 esac
 
 [ "$(id -u)" -eq 0 ] || die "run as root: mmdebstrap writes the base's files owned by root"

@@ -58,7 +58,7 @@ async fn image_runs_kvnode_as_non_root_on_a_read_only_root() {
             .arg(&bin_dir)
             .arg("--out")
             .arg(&image_dir)
-            .args(["--name", "kvcluster:test"]),
+            .args(["--name", "kvcluster/kvcluster:test"]),
         BUILD_TIMEOUT,
     );
     assert_success("scripts/image.sh", &built);
@@ -82,7 +82,7 @@ async fn image_runs_kvnode_as_non_root_on_a_read_only_root() {
     let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).expect("json");
     assert_eq!(
         manifest[0]["RepoTags"],
-        serde_json::json!(["docker.io/library/kvcluster:test"]),
+        serde_json::json!(["docker.io/kvcluster/kvcluster:test"]),
         "the docker archive's image name"
     );
 
