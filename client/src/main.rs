@@ -119,6 +119,11 @@ enum Command {
     /// key. Prints per-operation throughput and latency percentiles (HdrHistogram), errors by kind and sibling
     /// statistics; errors are not counted as latencies.
     Bench(cmd::bench::BenchArgs),
+    /// Check that the cluster works: write a fresh key, read it back, delete it
+    ///
+    /// Exits 0 when the value read is the value written and the key is gone after its delete (what
+    /// `helm test` runs).
+    Check(cmd::check::CheckArgs),
     /// Print a shell completion script
     ///
     /// For example `kvctl completions bash > /etc/bash_completion.d/kvctl`, or
@@ -278,6 +283,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Ring(args) => cmd::admin::ring(&client, args).await,
         Command::Status(args) => cmd::admin::status(&client, args).await,
         Command::Cluster(command) => cmd::cluster::run(&client, command).await,
+        Command::Check(args) => cmd::check::run(&client, args).await,
         Command::Up(_) | Command::Bench(_) | Command::Completions { .. } => {
             ExitCode::from(EXIT_REFUSED)
         }

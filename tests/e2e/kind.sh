@@ -55,8 +55,8 @@ fi
 kubectl config use-context "kind-$cluster" >/dev/null
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  log "building $image (tests/e2e/Dockerfile)"
-  docker build -f "$root/tests/e2e/Dockerfile" -t "$image" "$root"
+  log "building $image (the root Dockerfile)"
+  docker build -t "$image" "$root"
 fi
 log "loading $image into kind"
 kind load docker-image "$image" --name "$cluster"

@@ -155,6 +155,13 @@ fn kvctl_up_serves_a_three_node_cluster_that_bench_drives_and_sigterm_stops() {
     let get = kvctl(&endpoints[2], &["get", "greeting"]);
     assert!(get.status.success(), "{get:?}");
     assert_eq!(get.stdout, b"hello");
+    // What `helm test` runs: a fresh key written, read back and deleted.
+    let check = kvctl(&endpoints[1], &["check", "--key", "readme"]);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(": ok"),
+        "{check:?}"
+    );
     let status = kvctl(&endpoints[1], &["status", "--json"]);
     let status: kvapi::NodeStatus = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(
