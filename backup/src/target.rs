@@ -38,8 +38,10 @@ pub fn open(url: &str, s3: &S3Settings) -> Result<Arc<dyn ObjectStore>, Error> {
             )));
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::BadTarget(format!("{url}: {e}")))?;
+        // Cleanup removes the folders a delete empties, so a deleted backup is not listed.
         let store = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| Error::BadTarget(format!("{url}: {e}")))?;
+            .map_err(|e| Error::BadTarget(format!("{url}: {e}")))?
+            .with_automatic_cleanup(true);
         return Ok(Arc::new(store));
     }
     let Some(rest) = url.strip_prefix("s3://") else {

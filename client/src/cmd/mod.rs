@@ -1,7 +1,8 @@
 //! The subcommands of `kvctl` beyond get/put/delete: `up`, `ring`, `status`,
-//! `cluster` and `bench`.
+//! `cluster`, `backup` and `bench`.
 
 pub(crate) mod admin;
+pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod cluster;
 pub(crate) mod up;
