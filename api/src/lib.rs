@@ -193,6 +193,17 @@ pub const ADMIN_BACKUP: &str = "/admin/v1/backup";
 /// replicas: `POST` a [`RestoreRequest`], answered with a [`RestoreReport`] when done.
 pub const ADMIN_RESTORE: &str = "/admin/v1/restore";
 
+/// Admin route that holds this node's hint delivery: `POST` a [`HandoffHold`] (zero resumes),
+/// answered once no delivery is in flight. A cluster backup holds it on every member first.
+pub const ADMIN_HANDOFF_HOLD: &str = "/admin/v1/handoff/hold";
+
+/// `POST /admin/v1/handoff/hold`: how long to hold hint delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffHold {
+    /// Milliseconds, at most a day; 0 resumes delivery at once.
+    pub millis: u64,
+}
+
 /// `POST /admin/v1/backup`: where to upload, under which backup id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupRequest {

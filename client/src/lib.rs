@@ -31,9 +31,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use kvapi::{
-    ADMIN_BACKUP, ADMIN_CLUSTER, ADMIN_DRAIN, ADMIN_RESTORE, ADMIN_RING, ADMIN_STATUS,
-    BackupReport, BackupRequest, CONTEXT_HEADER, ClusterConfig, ErrorBody, KV_PREFIX,
-    MAX_KEY_BYTES, NodeStatus, ReadResponse, RestoreReport, RestoreRequest, RingView,
+    ADMIN_BACKUP, ADMIN_CLUSTER, ADMIN_DRAIN, ADMIN_HANDOFF_HOLD, ADMIN_RESTORE, ADMIN_RING,
+    ADMIN_STATUS, BackupReport, BackupRequest, CONTEXT_HEADER, ClusterConfig, ErrorBody,
+    HandoffHold, KV_PREFIX, MAX_KEY_BYTES, NodeStatus, ReadResponse, RestoreReport, RestoreRequest,
+    RingView,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -376,6 +377,13 @@ impl Client {
     pub async fn drain(&self) -> Result<NodeStatus, Error> {
         let body = self.admin(reqwest::Method::POST, ADMIN_DRAIN, None).await?;
         parse_admin_json(ADMIN_DRAIN, &body)
+    }
+
+    /// `POST /admin/v1/handoff/hold`: holds the node's hint delivery for `millis` (0 resumes it);
+    /// returns once no delivery is in flight.
+    pub async fn hold_handoff(&self, millis: u64) -> Result<HandoffHold, Error> {
+        self.post_json(ADMIN_HANDOFF_HOLD, &HandoffHold { millis }, self.timeout)
+            .await
     }
 
     /// `POST /admin/v1/backup`: makes the node checkpoint and upload its data; waits up to

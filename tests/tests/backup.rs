@@ -5,7 +5,9 @@
 //!   during it, reads back from a cluster of another size after `kvctl backup restore`;
 //! - restoring again onto live data (keys overwritten since, with their context) changes nothing;
 //! - deletes come back as tombstones with their causal context, not as absent keys;
-//! - a corrupt or missing object stops the restore with an error naming it.
+//! - a corrupt or missing object stops the restore with an error naming it;
+//! - a cluster backup holds hint delivery (so a hint cannot fall between two checkpoints), and
+//!   the hints in the backup are restored.
 //!
 //! Key count: `KVCLUSTER_BACKUP_KEYS` (default 5,000, which keeps each test near a minute on two
 //! cores). The issue's 100,000 keys:
@@ -492,4 +494,92 @@ fn largest_file(dir: &Path) -> PathBuf {
         .map(|e| e.expect("entry").path())
         .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
         .expect("a file")
+}
+
+/// Hints held by the live nodes among the first `live` of `cluster`.
+async fn hints_pending(cluster: &Cluster, live: usize) -> u64 {
+    let mut total = 0;
+    for i in 0..live {
+        total += cluster.client(i).admin_status().await.hints_pending;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_backup_holds_hint_delivery_and_restores_the_hints() {
+    let dir = tempfile::tempdir().expect("target dir");
+    let target = format!("file://{}", dir.path().display());
+    let mut source = Cluster::start_with(options(3, 2, 2, 1, &[])).await;
+    // With kv-2 down, writes to its keys are acknowledged with a hint on a fallback.
+    source.stop(2);
+    let keys: Vec<String> = (0..300).map(|i| format!("hinted-{i:04}")).collect();
+    write_all(
+        &[source.client(0).clone(), source.client(1).clone()],
+        keys.clone(),
+    )
+    .await;
+    let held = hints_pending(&source, 2).await;
+    assert!(held > 0, "no hints were stored while kv-2 was down");
+
+    // Hold delivery, bring kv-2 back: the hints must stay where they are until released.
+    for i in 0..2 {
+        let resp = source
+            .client(i)
+            .request(
+                "POST",
+                kvapi::ADMIN_HANDOFF_HOLD,
+                &[("content-type", "application/json")],
+                Some(br#"{"millis": 60000}"#.to_vec()),
+            )
+            .await;
+        assert_eq!(resp.status, 200, "{resp}");
+    }
+    source.restart(2);
+    assert!(
+        source.wait_all_peers_alive(Duration::from_secs(10)).await,
+        "kv-2 did not come back"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        hints_pending(&source, 2).await,
+        held,
+        "hints were delivered while delivery was held"
+    );
+
+    let endpoint = source.node(0).base_url();
+    let (ok, _, err) = kvctl(
+        &endpoint,
+        &["backup", "create", "--target", &target, "--id", "b1"],
+        &[],
+    );
+    assert!(ok, "backup failed: {err}");
+    // The backup released the hold: the hints reach kv-2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hints_pending(&source, 3).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "hints still pending 30 s after the backup released delivery"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let dest = Cluster::start_with(options(1, 1, 1, 1, &[])).await;
+    let (ok, out, err) = kvctl(
+        &dest.node(0).base_url(),
+        &["backup", "restore", "b1", "--target", &target],
+        &[],
+    );
+    assert!(ok, "restore failed: {err}");
+    let restored_hints: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("restored backup b1: "))
+        .and_then(|l| l.split(" records and ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no totals in {out}"));
+    assert_eq!(
+        restored_hints, held,
+        "the backup's hints were not all restored"
+    );
+    read_back(&clients(&dest), keys).await;
 }

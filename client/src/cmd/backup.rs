@@ -162,14 +162,92 @@ async fn create(
         config.cluster,
         config.epoch
     );
-    let mut tasks = JoinSet::new();
+    let members = config
+        .members
+        .iter()
+        .map(|m| Ok((m.id.clone(), client.at(&m.address)?)))
+        .collect::<Result<Vec<_>, kvclient::Error>>()?;
+    // Hold hint delivery everywhere before any checkpoint, so no hint moves from a fallback that
+    // has not checkpointed yet to an owner that already has. The hold ends by itself if kvctl
+    // dies; it is released below either way.
+    let hold_millis = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(60_000);
+    let held = hold_handoff(&members, hold_millis).await;
+    let failed = match held {
+        Ok(()) => backup_all(&members, &args.target, &id, timeout).await,
+        Err(e) => {
+            eprintln!("  cannot hold hint delivery: {e}");
+            1
+        }
+    };
+    if let Err(e) = hold_handoff(&members, 0).await {
+        eprintln!(
+            "  warning: cannot resume hint delivery on every member ({e}); it resumes by itself"
+        );
+    }
+    if failed > 0 {
+        eprintln!(
+            "backup {id} is incomplete (no cluster manifest); remove it with `kvctl backup delete {id}`"
+        );
+        return Err(Failure::Members(format!(
+            "{failed} of {} members failed to back up",
+            config.members.len()
+        )));
+    }
+    let mut nodes = Vec::with_capacity(config.members.len());
     for member in &config.members {
-        let node = client.at(&member.address)?;
+        let path = target::node_manifest(&id, &member.id);
+        let node: NodeManifest = transfer::get_json(store.as_ref(), &path).await?;
+        if node.epoch != config.epoch {
+            return Err(Failure::Members(format!(
+                "the cluster config changed during the backup ({} checkpointed at epoch {}, the \
+                 backup started at {}): backup {id} is incomplete, take another",
+                node.node_id, node.epoch, config.epoch
+            )));
+        }
+        nodes.push(node);
+    }
+    let manifest = ClusterManifest {
+        format: FORMAT,
+        backup_id: id.clone(),
+        cluster: config.cluster.clone(),
+        started_unix_ms: unix_ms(started_at),
+        finished_unix_ms: unix_ms(SystemTime::now()),
+        members: config.members.iter().map(|m| m.id.clone()).collect(),
+        nodes,
+    };
+    transfer::put_json(store.as_ref(), &target::cluster_manifest(&id), &manifest).await?;
+    println!(
+        "backup {id} complete: {} in {:.1} s",
+        bytesize(manifest.bytes()),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Holds (or with 0, resumes) hint delivery on every member.
+async fn hold_handoff(members: &[(String, Client)], millis: u64) -> Result<(), kvclient::Error> {
+    for (_, node) in members {
+        node.hold_handoff(millis).await?;
+    }
+    Ok(())
+}
+
+/// Asks every member to back up, prints each outcome and returns how many failed.
+async fn backup_all(
+    members: &[(String, Client)],
+    target: &str,
+    id: &str,
+    timeout: std::time::Duration,
+) -> usize {
+    let mut tasks = JoinSet::new();
+    for (member, node) in members {
         let request = BackupRequest {
-            target: args.target.clone(),
-            backup_id: id.clone(),
+            target: target.to_owned(),
+            backup_id: id.to_owned(),
         };
-        let member = member.id.clone();
+        let (member, node) = (member.clone(), node.clone());
         tasks.spawn(async move { (member, node.backup(&request, timeout).await) });
     }
     let mut failed = 0;
@@ -191,36 +269,7 @@ async fn create(
             }
         }
     }
-    if failed > 0 {
-        eprintln!(
-            "backup {id} is incomplete (no cluster manifest); remove it with `kvctl backup delete {id}`"
-        );
-        return Err(Failure::Members(format!(
-            "{failed} of {} members failed to back up",
-            config.members.len()
-        )));
-    }
-    let mut nodes = Vec::with_capacity(config.members.len());
-    for member in &config.members {
-        let path = target::node_manifest(&id, &member.id);
-        nodes.push(transfer::get_json::<NodeManifest>(store.as_ref(), &path).await?);
-    }
-    let manifest = ClusterManifest {
-        format: FORMAT,
-        backup_id: id.clone(),
-        cluster: config.cluster.clone(),
-        started_unix_ms: unix_ms(started_at),
-        finished_unix_ms: unix_ms(SystemTime::now()),
-        members: config.members.iter().map(|m| m.id.clone()).collect(),
-        nodes,
-    };
-    transfer::put_json(store.as_ref(), &target::cluster_manifest(&id), &manifest).await?;
-    println!(
-        "backup {id} complete: {} in {:.1} s",
-        bytesize(manifest.bytes()),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    failed
 }
 
 async fn list(args: &TargetArgs) -> Result<(), Failure> {

@@ -69,6 +69,13 @@ impl Backups {
         let node_id = self.membership.node_id().to_string();
         let dir = self.scratch(&format!("backup-{}", request.backup_id))?;
         let view = self.membership.view();
+        if view.config.in_transition() {
+            // Data is moving between owners: a checkpoint now may miss what is in flight.
+            return Err(Error::TransitionInProgress(format!(
+                "epoch {} is a membership change in progress; back up once it settles",
+                view.config.epoch
+            )));
+        }
         let checkpoint_unix_ms = unix_ms();
         let checkpoint = dir.clone();
         self.replica

@@ -200,6 +200,31 @@ pub(super) async fn admin_restore(State(node): State<Arc<Node>>, request: Reques
     }
 }
 
+/// `POST`: hold (or with 0, resume) hint delivery; answers once no delivery is in flight.
+pub(super) async fn admin_handoff_hold(
+    State(node): State<Arc<Node>>,
+    request: Request,
+) -> Response {
+    const MOST: u64 = 24 * 60 * 60 * 1000;
+    let outcome = async {
+        let hold: kvapi::HandoffHold = json_post(&node, request).await?;
+        if hold.millis > MOST {
+            return Err(Error::BadBody(format!(
+                "a hold of {} ms is longer than a day",
+                hold.millis
+            )));
+        }
+        node.handoff
+            .hold_delivery(std::time::Duration::from_millis(hold.millis))
+            .await;
+        Ok(hold)
+    };
+    match outcome.await {
+        Ok(hold) => axum::Json(hold).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
 /// The JSON body of a `POST` (64 KiB at most).
 async fn json_post<T: serde::de::DeserializeOwned>(
     node: &Node,

@@ -131,6 +131,7 @@ pub fn routers(node: Arc<Node>) -> (Router, Router) {
         .route(kvapi::ADMIN_DRAIN, any(admin::admin_drain))
         .route(kvapi::ADMIN_BACKUP, any(admin::admin_backup))
         .route(kvapi::ADMIN_RESTORE, any(admin::admin_restore))
+        .route(kvapi::ADMIN_HANDOFF_HOLD, any(admin::admin_handoff_hold))
         .fallback(no_route)
         // The outermost layer runs first: the in-flight bound also holds back unauthenticated floods.
         .layer(from_fn_with_state(node.auth.clone(), auth::require))
