@@ -226,12 +226,16 @@ async fn create(
     Ok(())
 }
 
-/// Holds (or with 0, resumes) hint delivery on every member.
-async fn hold_handoff(members: &[(String, Client)], millis: u64) -> Result<(), kvclient::Error> {
-    for (_, node) in members {
-        node.hold_handoff(millis).await?;
+/// Holds (or with 0, resumes) hint delivery on every member, trying each even when one fails, and
+/// returns the first failure.
+async fn hold_handoff(members: &[(String, Client)], millis: u64) -> Result<(), String> {
+    let mut first = None;
+    for (id, node) in members {
+        if let Err(e) = node.hold_handoff(millis).await {
+            first.get_or_insert(format!("{id}: {e}"));
+        }
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// Asks every member to back up, prints each outcome and returns how many failed.
@@ -368,7 +372,11 @@ async fn restore(
     }
     let (mut records, mut hints, mut changed, mut failed) = (0, 0, 0, 0);
     while let Some(joined) = tasks.join_next().await {
-        for outcome in joined.unwrap_or_default() {
+        let outcomes = joined.unwrap_or_else(|e| {
+            eprintln!("  a restore task failed: {e}");
+            vec![Err(kvclient::Error::InvalidResponse(e.to_string()))]
+        });
+        for outcome in outcomes {
             match outcome {
                 Ok(r) => {
                     records += r.records;

@@ -50,6 +50,7 @@ impl Backups {
         membership: Arc<Membership>,
         rpc: Arc<RpcClient>,
     ) -> Self {
+        remove_leftovers(&settings.data_dir);
         Backups {
             settings,
             replica,
@@ -166,6 +167,19 @@ impl Backups {
             std::fs::remove_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         }
         Ok(dir)
+    }
+}
+
+/// Removes the checkpoints and downloads a crash left in the data directory.
+fn remove_leftovers(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("backup-") || name.starts_with("restore-") {
+            remove(&entry.path());
+        }
     }
 }
 
