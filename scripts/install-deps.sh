@@ -35,3 +35,18 @@ if ! command -v go >/dev/null 2>&1; then
   echo "install-deps: Go >= 1.25 is needed to build kube-apiserver and etcd (scripts/kube); install it first" >&2
   [ "${CI:-}" = "true" ] && exit 1
 fi
+
+# s3s-fs, a small S3-compatible server from crates.io, for the backup tests against real S3
+# (tests/tests/backup.rs). Built once into the tools cache (a few minutes on 2 cores), then reused.
+s3s_fs_version="0.14.1"
+tools="${KVCLUSTER_TOOLS:-/var/tmp/kvcluster-tools}"
+s3s_root="$tools/cargo"
+if [ "$(cat "$s3s_root/s3s-fs.version" 2>/dev/null)" != "$s3s_fs_version" ] || [ ! -x "$s3s_root/bin/s3s-fs" ]; then
+  echo "install-deps: building s3s-fs $s3s_fs_version into $s3s_root (first time: a few minutes)"
+  mkdir -p "$s3s_root"
+  build_dir="$(mktemp -d)"
+  CARGO_TARGET_DIR="$build_dir" nice -n 10 cargo install s3s-fs --version "$s3s_fs_version" \
+    --features binary --locked --root "$s3s_root" --force --quiet
+  rm -rf "$build_dir"
+  echo "$s3s_fs_version" >"$s3s_root/s3s-fs.version"
+fi

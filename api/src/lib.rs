@@ -146,6 +146,9 @@ pub mod codes {
     pub const FORBIDDEN: &str = "forbidden";
     /// A peer message could not be decoded (such as an unknown format version).
     pub const BAD_RPC: &str = "bad_rpc";
+    /// A backup or restore failed: an object is missing or corrupt, or the target refused (the
+    /// message names the object).
+    pub const BACKUP_FAILED: &str = "backup_failed";
     /// Anything else that went wrong inside the node.
     pub const INTERNAL: &str = "internal";
 }
@@ -183,6 +186,77 @@ pub const ADMIN_DIGESTS: &str = "/admin/v1/digests";
 /// Admin route that makes a node hand off everything it holds: `POST` starts it (idempotent), and
 /// [`NodeStatus::draining`] and [`NodeStatus::hints_pending`] show the progress.
 pub const ADMIN_DRAIN: &str = "/admin/v1/drain";
+/// Admin route that makes a node checkpoint its data and upload it: `POST` a [`BackupRequest`],
+/// answered with a [`BackupReport`] once every file is uploaded.
+pub const ADMIN_BACKUP: &str = "/admin/v1/backup";
+/// Admin route that makes a node merge one node's checkpoint of a backup into the cluster's current
+/// replicas: `POST` a [`RestoreRequest`], answered with a [`RestoreReport`] when done.
+pub const ADMIN_RESTORE: &str = "/admin/v1/restore";
+
+/// Admin route that holds this node's hint delivery: `POST` a [`HandoffHold`] (zero resumes),
+/// answered once no delivery is in flight. A cluster backup holds it on every member first.
+pub const ADMIN_HANDOFF_HOLD: &str = "/admin/v1/handoff/hold";
+
+/// `POST /admin/v1/handoff/hold`: how long to hold hint delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffHold {
+    /// Milliseconds, at most a day; 0 resumes delivery at once.
+    pub millis: u64,
+}
+
+/// `POST /admin/v1/backup`: where to upload, under which backup id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRequest {
+    /// Target URL: `file:///dir` or `s3://bucket/prefix` (the node's `--backup-endpoint` and
+    /// `AWS_*` environment give the S3 endpoint and credentials).
+    pub target: String,
+    /// The backup's id: 1-128 characters of `A-Z a-z 0-9 - _ .`.
+    pub backup_id: String,
+}
+
+/// A node's answer to [`BackupRequest`]: its manifest is in the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReport {
+    /// The node.
+    pub node_id: String,
+    /// Path of its manifest inside the target.
+    pub manifest: String,
+    /// Files uploaded.
+    pub files: u64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// Time taken, in milliseconds.
+    pub millis: u64,
+}
+
+/// `POST /admin/v1/restore`: merge node `node_id`'s checkpoint of backup `backup_id` into the
+/// cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// Target URL, as in [`BackupRequest`].
+    pub target: String,
+    /// The backup.
+    pub backup_id: String,
+    /// Whose checkpoint to restore (a member of the backed-up cluster).
+    pub node_id: String,
+}
+
+/// What a restore of one checkpoint did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReport {
+    /// Whose checkpoint it was.
+    pub node_id: String,
+    /// Records read from the checkpoint, tombstones included.
+    pub records: u64,
+    /// Hints read from the checkpoint (states held for another replica), merged like records.
+    pub hints: u64,
+    /// Merges into replicas that changed their state (0 when the cluster already held it all).
+    pub changed: u64,
+    /// Bytes downloaded and verified.
+    pub bytes: u64,
+    /// Time taken, in milliseconds.
+    pub millis: u64,
+}
 
 /// One member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,8 +33,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use kvapi::{
-    ADMIN_CLUSTER, ADMIN_DRAIN, ADMIN_RING, ADMIN_STATUS, CONTEXT_HEADER, ClusterConfig, ErrorBody,
-    KV_PREFIX, MAX_KEY_BYTES, NodeStatus, ReadResponse, RingView,
+    ADMIN_BACKUP, ADMIN_CLUSTER, ADMIN_DRAIN, ADMIN_HANDOFF_HOLD, ADMIN_RESTORE, ADMIN_RING,
+    ADMIN_STATUS, BackupReport, BackupRequest, CONTEXT_HEADER, ClusterConfig, ErrorBody,
+    HandoffHold, KV_PREFIX, MAX_KEY_BYTES, NodeStatus, ReadResponse, RestoreReport, RestoreRequest,
+    RingView,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -388,9 +390,51 @@ impl Client {
         parse_admin_json(ADMIN_DRAIN, &body)
     }
 
+    /// `POST /admin/v1/handoff/hold`: holds the node's hint delivery for `millis` (0 resumes it);
+    /// returns once no delivery is in flight.
+    pub async fn hold_handoff(&self, millis: u64) -> Result<HandoffHold, Error> {
+        self.post_json(ADMIN_HANDOFF_HOLD, &HandoffHold { millis }, self.timeout)
+            .await
+    }
+
+    /// `POST /admin/v1/backup`: makes the node checkpoint and upload its data; waits up to
+    /// `timeout` for the upload to finish.
+    pub async fn backup(
+        &self,
+        request: &BackupRequest,
+        timeout: Duration,
+    ) -> Result<BackupReport, Error> {
+        self.post_json(ADMIN_BACKUP, request, timeout).await
+    }
+
+    /// `POST /admin/v1/restore`: makes the node merge one node's checkpoint of a backup into the
+    /// cluster; waits up to `timeout`.
+    pub async fn restore(
+        &self,
+        request: &RestoreRequest,
+        timeout: Duration,
+    ) -> Result<RestoreReport, Error> {
+        self.post_json(ADMIN_RESTORE, request, timeout).await
+    }
+
     /// `GET` of an admin route (such as [`kvapi::ADMIN_RING`]): the raw body of a success answer.
     pub async fn admin_get(&self, route: &str) -> Result<Bytes, Error> {
         self.admin(reqwest::Method::GET, route, None).await
+    }
+
+    /// A `POST` of JSON to an admin route, with its own deadline, and its decoded JSON answer.
+    async fn post_json<T: serde::Serialize, U: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &T,
+        timeout: Duration,
+    ) -> Result<U, Error> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| Error::InvalidResponse(format!("cannot encode the request: {e}")))?;
+        let answer = self
+            .admin_with_timeout(reqwest::Method::POST, route, Some(body), timeout)
+            .await?;
+        parse_admin_json(route, &answer)
     }
 
     /// One admin request; the raw body of a success answer.
@@ -400,6 +444,18 @@ impl Client {
         route: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, Error> {
+        self.admin_with_timeout(method, route, body, self.timeout)
+            .await
+    }
+
+    /// One admin request that may take up to `timeout`.
+    async fn admin_with_timeout(
+        &self,
+        method: reqwest::Method,
+        route: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Bytes, Error> {
         let url = Url::parse(&format!("{}{route}", self.base)).map_err(|e| Error::BadEndpoint {
             endpoint: self.base.clone(),
             reason: e.to_string(),
@@ -407,6 +463,7 @@ impl Client {
         let mut request = self
             .http
             .request(method, url)
+            .timeout(timeout)
             .header(ACCEPT, "application/json");
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, "application/json").body(body);

@@ -112,6 +112,13 @@ enum Command {
     /// epoch, transfer progress (partitions received / to receive) and hints held.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
+    /// Back up the cluster to object storage, list, delete and restore backups
+    ///
+    /// `create` asks every member to checkpoint and upload its data and writes the cluster manifest
+    /// when all succeeded; `restore` merges a backup into the cluster at --endpoint, whatever its
+    /// size, through the replicas' causal merge (restoring twice changes nothing).
+    #[command(subcommand)]
+    Backup(cmd::backup::BackupCommand),
     /// Run a closed-loop benchmark
     ///
     /// --clients tasks each keep one request in flight, round-robin over --endpoints, for --duration (after
@@ -284,6 +291,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => cmd::admin::status(&client, args).await,
         Command::Cluster(command) => cmd::cluster::run(&client, command).await,
         Command::Check(args) => cmd::check::run(&client, args).await,
+        Command::Backup(command) => cmd::backup::run(&client, command).await,
         Command::Up(_) | Command::Bench(_) | Command::Completions { .. } => {
             ExitCode::from(EXIT_REFUSED)
         }

@@ -213,6 +213,17 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_ANTI_ENTROPY_PACE", default_value = "5ms")]
     pub anti_entropy_pace: Duration,
 
+    /// Endpoint of an S3-compatible server for `s3://` backup targets (such as
+    /// `http://127.0.0.1:9000`); AWS when unset. Credentials and region come from the standard
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_REGION` variables, never from flags.
+    #[arg(long, env = "KVNODE_BACKUP_ENDPOINT")]
+    pub backup_endpoint: Option<String>,
+
+    /// Most bytes per second a backup uploads, or a restore downloads, so either leaves room for
+    /// client requests; `0` is no limit.
+    #[arg(long, env = "KVNODE_BACKUP_RATE", default_value = "64MiB")]
+    pub backup_rate: ByteSize,
+
     /// How long a tombstone is kept after every replica holds it, before it is purged. Keep it
     /// above the longest time a node may be down with hints still waiting for it.
     #[arg(long, env = "KVNODE_TOMBSTONE_GRACE", default_value = "1h")]

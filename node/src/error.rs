@@ -126,6 +126,9 @@ pub enum Error {
     /// A token file or token setting is unusable (at start).
     #[error("bad token setting: {0}")]
     BadToken(String),
+    /// A backup or restore failed on its object store (a bad target is [`Error::BadConfig`]).
+    #[error("backup: {0}")]
+    Backup(kvbackup::Error),
     /// A broken invariant or a failed background task.
     #[error("internal error: {0}")]
     Internal(String),
@@ -150,6 +153,15 @@ impl Error {
 impl From<CodecError> for Error {
     fn from(e: CodecError) -> Self {
         Error::Corrupt(e.to_string())
+    }
+}
+
+impl From<kvbackup::Error> for Error {
+    fn from(e: kvbackup::Error) -> Self {
+        match e {
+            kvbackup::Error::BadTarget(m) => Error::BadConfig(m),
+            other => Error::Backup(other),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`metrics`] and [`config`] serve every layer. No module reaches back up.
 
 pub mod antientropy;
+pub mod backup;
 pub mod causality;
 pub mod config;
 pub mod context_token;
@@ -47,6 +48,8 @@ use crate::tls::{ClientPortFiles, PeerFiles, Reloading, ServerTls};
 /// `kvnode listening on http://ADDR` (`https://` with client TLS) on stdout and serves until
 /// `shutdown` resolves; then drains connections and syncs the write-ahead log.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    // The object-store client's TLS (backups to https targets) uses the process default provider.
+    kvbackup::install_crypto_provider();
     let auth = Arc::new(http::auth::Authorizer::load(&config)?);
     let metrics = Arc::new(Metrics::new());
     let max_value_bytes = usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX);
@@ -165,6 +168,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .then(|| tokio::spawn(auth.clone().reload_forever()));
     background.extend(peer_tls.clone().map(|t| tokio::spawn(t.watch())));
     background.extend(client_tls.clone().map(|t| tokio::spawn(t.watch())));
+    let backups = Arc::new(backup::Backups::new(
+        backup::Settings {
+            data_dir: config.data_dir.clone(),
+            s3: kvbackup::target::S3Settings {
+                endpoint: config.backup_endpoint.clone(),
+            },
+            bytes_per_second: config.backup_rate.as_u64(),
+        },
+        replica.clone(),
+        membership.clone(),
+        rpc.clone(),
+    ));
     let node = Arc::new(Node {
         coordinator: Coordinator::new(
             membership.clone(),
@@ -185,6 +200,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         max_peer_message_bytes,
         max_requests_in_flight: config.max_requests_in_flight as usize,
         auth,
+        backups,
         ready: AtomicBool::new(false),
     });
     let wal_sync = (config.durability == Durability::Periodic).then(|| {

@@ -1227,6 +1227,8 @@ pub struct ClusterOptions {
     pub first_host: Option<Ipv4Addr>,
     /// Mutual TLS between the nodes: each gets a certificate of this CA for its host.
     pub peer_tls: Option<Arc<tls::Pki>>,
+    /// Extra environment of every node, such as object-store credentials.
+    pub node_env: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -1241,7 +1243,14 @@ impl ClusterOptions {
             node_args: Vec::new(),
             first_host: None,
             peer_tls: None,
+            node_env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable of every node.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.node_env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Gives every node a certificate of `pki`'s CA and turns peer mutual TLS on.
@@ -1314,6 +1323,7 @@ fn member_node(
     member: &Member,
     config_path: &Path,
     node_args: &[String],
+    node_env: &[(String, String)],
     own_host: bool,
     peer_tls: Option<&tls::Pki>,
 ) -> NodeProcess {
@@ -1336,6 +1346,9 @@ fn member_node(
             .rsplit_once(':')
             .map_or(member.peer_address.as_str(), |(host, _)| host);
         builder = builder.args(pki.issue(&member.id, host).peer_args(pki));
+    }
+    for (key, value) in node_env {
+        builder = builder.env(key, value);
     }
     builder.args(node_args.iter().cloned()).start()
 }
@@ -1364,6 +1377,7 @@ pub struct Cluster {
     nodes: Vec<NodeProcess>,
     clients: Vec<KvClient>,
     node_args: Vec<String>,
+    node_env: Vec<(String, String)>,
     first_host: Option<Ipv4Addr>,
     peer_tls: Option<Arc<tls::Pki>>,
     // Holds the config file; declared last so the nodes are dropped (killed) first.
@@ -1389,6 +1403,7 @@ impl Cluster {
             node_args,
             first_host,
             peer_tls,
+            node_env,
         } = options;
         assert!(n_nodes > 0, "a cluster needs at least one node");
         let t0 = Instant::now();
@@ -1426,6 +1441,7 @@ impl Cluster {
                 member,
                 &config_path,
                 &node_args,
+                &node_env,
                 first_host.is_some(),
                 peer_tls.as_deref(),
             );
@@ -1447,6 +1463,7 @@ impl Cluster {
             nodes,
             clients,
             node_args,
+            node_env,
             first_host,
             peer_tls,
             _config_dir: config_dir,
@@ -1572,6 +1589,7 @@ impl Cluster {
             &member,
             &self.config_path,
             &self.node_args,
+            &self.node_env,
             self.first_host.is_some(),
             self.peer_tls.as_deref(),
         );

@@ -1,7 +1,8 @@
 //! The subcommands of `kvctl` beyond get/put/delete: `up`, `ring`, `status`,
-//! `cluster`, `bench` and `check`.
+//! `cluster`, `backup`, `bench` and `check`.
 
 pub(crate) mod admin;
+pub(crate) mod backup;
 pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod cluster;

@@ -61,6 +61,10 @@ pub struct Handoff {
     settings: Settings,
     draining: AtomicBool,
     wake: Notify,
+    /// Delivery is held until then (a cluster backup); `None` when it runs.
+    held_until: Mutex<Option<Instant>>,
+    /// Held by a delivery round, so a hold can wait for the round in flight.
+    round: tokio::sync::Mutex<()>,
 }
 
 impl Handoff {
@@ -80,6 +84,8 @@ impl Handoff {
             settings,
             draining: AtomicBool::new(false),
             wake: Notify::new(),
+            held_until: Mutex::new(None),
+            round: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -169,10 +175,42 @@ impl Handoff {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Holds hint delivery for `duration` (zero: resumes it) and returns once no delivery round is
+    /// in flight. A cluster backup holds delivery on every member before any takes its checkpoint,
+    /// so no hint moves from a fallback's checkpoint to its owner's unseen; the hold ends by
+    /// itself if the backup's driver goes away.
+    pub async fn hold_delivery(&self, duration: Duration) {
+        *self.held_until.lock() = (!duration.is_zero()).then(|| Instant::now() + duration);
+        if duration.is_zero() {
+            self.wake.notify_one();
+        }
+        drop(self.round.lock().await);
+    }
+
+    /// When delivery is held, the end of the hold.
+    fn held(&self) -> Option<Instant> {
+        let mut held = self.held_until.lock();
+        if held.is_some_and(|until| until <= Instant::now()) {
+            *held = None;
+        }
+        *held
+    }
+
     /// Delivers hints forever: each round sends every reachable target its oldest hints.
     pub async fn deliver_forever(self: Arc<Self>) {
         loop {
-            let delivered = self.deliver_round().await;
+            if let Some(until) = self.held() {
+                let _ = tokio::time::timeout_at(until, self.wake.notified()).await;
+                continue;
+            }
+            let delivered = {
+                let _round = self.round.lock().await;
+                // A hold that began while this round waited for the lock wins.
+                if self.held().is_some() {
+                    continue;
+                }
+                self.deliver_round().await
+            };
             if delivered == 0 {
                 let _ = tokio::time::timeout(DELIVERY_INTERVAL, self.wake.notified()).await;
             }

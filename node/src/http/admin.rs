@@ -185,3 +185,69 @@ pub(super) async fn admin_drain(State(node): State<Arc<Node>>, request: Request)
     node.handoff.drain();
     (StatusCode::ACCEPTED, axum::Json(node_status(&node))).into_response()
 }
+
+/// `POST`: back this node up (a [`kvapi::BackupRequest`]); answers the [`kvapi::BackupReport`]
+/// once every file is uploaded.
+pub(super) async fn admin_backup(State(node): State<Arc<Node>>, request: Request) -> Response {
+    let outcome = async {
+        let request: kvapi::BackupRequest = json_post(&node, request).await?;
+        node.backups.take(request).await
+    };
+    match outcome.await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `POST`: merge one node's checkpoint of a backup into the cluster (a [`kvapi::RestoreRequest`]);
+/// answers the [`kvapi::RestoreReport`] when done.
+pub(super) async fn admin_restore(State(node): State<Arc<Node>>, request: Request) -> Response {
+    let outcome = async {
+        let request: kvapi::RestoreRequest = json_post(&node, request).await?;
+        node.backups.restore(request).await
+    };
+    match outcome.await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `POST`: hold (or with 0, resume) hint delivery; answers once no delivery is in flight.
+pub(super) async fn admin_handoff_hold(
+    State(node): State<Arc<Node>>,
+    request: Request,
+) -> Response {
+    const MOST: u64 = 24 * 60 * 60 * 1000;
+    let outcome = async {
+        let hold: kvapi::HandoffHold = json_post(&node, request).await?;
+        if hold.millis > MOST {
+            return Err(Error::BadBody(format!(
+                "a hold of {} ms is longer than a day",
+                hold.millis
+            )));
+        }
+        node.handoff
+            .hold_delivery(std::time::Duration::from_millis(hold.millis))
+            .await;
+        Ok(hold)
+    };
+    match outcome.await {
+        Ok(hold) => axum::Json(hold).into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The JSON body of a `POST` (64 KiB at most).
+async fn json_post<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    request: Request,
+) -> Result<T, Error> {
+    if request.method() != Method::POST {
+        return Err(Error::MethodNotAllowed {
+            method: request.method().to_string(),
+            allow: "POST",
+        });
+    }
+    let bytes = read_value(node, request, 64 * 1024).await?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadBody(format!("not a JSON request: {e}")))
+}

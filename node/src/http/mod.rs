@@ -88,6 +88,8 @@ pub struct Node {
     pub max_requests_in_flight: usize,
     /// Which bearer token may use which route.
     pub auth: Arc<auth::Authorizer>,
+    /// Backups of this node and restores through it.
+    pub backups: Arc<crate::backup::Backups>,
     /// False while starting or shutting down: readiness and key routes answer 503.
     pub ready: AtomicBool,
 }
@@ -127,6 +129,9 @@ pub fn routers(node: Arc<Node>) -> (Router, Router) {
         .route(kvapi::ADMIN_STATUS, any(admin::admin_status))
         .route(kvapi::ADMIN_DIGESTS, any(admin::admin_digests))
         .route(kvapi::ADMIN_DRAIN, any(admin::admin_drain))
+        .route(kvapi::ADMIN_BACKUP, any(admin::admin_backup))
+        .route(kvapi::ADMIN_RESTORE, any(admin::admin_restore))
+        .route(kvapi::ADMIN_HANDOFF_HOLD, any(admin::admin_handoff_hold))
         .fallback(no_route)
         // The outermost layer runs first: the in-flight bound also holds back unauthenticated floods.
         .layer(from_fn_with_state(node.auth.clone(), auth::require))
@@ -324,6 +329,7 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
             (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
         }
         Error::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::CORRUPT_RECORD),
+        Error::Backup(_) => (StatusCode::BAD_GATEWAY, codes::BACKUP_FAILED),
         Error::Storage(_) | Error::Internal(_) | Error::BadToken(_) | Error::Remote { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL)
         }

@@ -357,7 +357,7 @@ fn split_hint_key(key: &[u8]) -> Result<(String, u64), Error> {
     Ok((target, u64::from_be_bytes(sequence)))
 }
 
-fn decode_hint(bytes: &[u8]) -> Result<Hint, Error> {
+pub(super) fn decode_hint(bytes: &[u8]) -> Result<Hint, Error> {
     match bytes.split_first() {
         Some((&HINT_FORMAT_VERSION, body)) => postcard::from_bytes(body)
             .map_err(|e| Error::Corrupt(format!("hint does not decode: {e}"))),

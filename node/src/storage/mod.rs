@@ -4,13 +4,14 @@
 //! key) to an encoded sibling set, so a partition is one contiguous key range. Column family [`META_CF`]
 //! holds node-local facts such as the data directory's incarnation and transfer progress;
 //! [`HINTS_CF`] holds hints for other nodes ([`hints`]). Partition scans and Merkle summaries are in
-//! [`scan`]. Everything here is blocking: the
+//! [`scan`]; checkpoints and reading them back, for backups, in [`snapshot`]. Everything here is blocking: the
 //! async layers call it from `spawn_blocking`. This module knows nothing about HTTP or quorums.
 
 pub mod cache;
 pub mod codec;
 pub mod hints;
 pub mod scan;
+pub mod snapshot;
 mod wal_health;
 
 use std::path::Path;
