@@ -7,9 +7,10 @@ set -euo pipefail
 # and util-linux (flock) for the real Kubernetes API server the operator tests run against; iproute2
 # (ip netns) and iptables for the chaos tests' network namespaces and partitions; strace for the test
 # that checks which syncs precede an acknowledged write (tests/tests/durability_edges.rs); prometheus
-# for `promtool` on the Helm chart's alerts (tests/tests/helm_chart.rs); mmdebstrap, umoci and skopeo
-# build the container image without a daemon (scripts/image.sh), and runc runs it in
-# tests/tests/image.rs.
+# for `promtool check rules` and `promtool test rules` on the Helm chart's alerts
+# (tests/tests/helm_chart.rs, alerts.rs) and the real Prometheus of tests/tests/prometheus.rs;
+# mmdebstrap, umoci and skopeo build the container image without a daemon (scripts/image.sh), and runc
+# runs it in tests/tests/image.rs.
 apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux iproute2 iptables strace
   prometheus mmdebstrap umoci skopeo runc)
 

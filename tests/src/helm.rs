@@ -6,7 +6,8 @@
 //!   `PATH`. When it is missing a test skips with a loud message, unless `CI=true`, where it fails.
 //! - [`Helm::template`] renders the chart; [`documents`] splits the output into JSON values.
 //! - [`metric_names`] lists the `kv_*`/`kvoperator_*` names a PromQL expression uses;
-//!   [`registered_metrics`] the names the node and operator sources register.
+//!   [`registered_metrics`] the names the node and operator sources register; [`foreign_metrics`]
+//!   the other metric names an expression uses, which must be among [`EXTERNAL_METRICS`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -213,4 +214,86 @@ pub fn unknown_metrics(expr: &str, registered: &BTreeSet<String>) -> Vec<String>
             !registered.contains(name) && !registered.contains(base)
         })
         .collect()
+}
+
+/// The metrics of others the chart's alerts and dashboard may use: Prometheus' `up`, and the
+/// kubelet's volume statistics, which kube-prometheus-stack scrapes (labelled by
+/// `persistentvolumeclaim`).
+pub const EXTERNAL_METRICS: &[&str] = &[
+    "up",
+    "kubelet_volume_stats_available_bytes",
+    "kubelet_volume_stats_capacity_bytes",
+];
+
+/// The metric names PromQL `expr` uses that are not ours: the identifiers outside strings, label
+/// matchers, range selectors and grouping clauses that are neither functions nor keywords.
+pub fn foreign_metrics(expr: &str) -> BTreeSet<String> {
+    const GROUPING: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    // Binary operators, modifiers, and aggregations (their grouping may come before the `(`).
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let skip_to = |from: usize, end: char| {
+        (from + 1..chars.len())
+            .find(|&j| chars[j] == end)
+            .map_or(chars.len(), |j| j + 1)
+    };
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' {
+            i = skip_to(i, c);
+        } else if c == '{' {
+            i = skip_to(i, '}');
+        } else if c == '[' {
+            i = skip_to(i, ']');
+        } else if c.is_ascii_digit() {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = (i..chars.len()).find(|&j| !chars[j].is_whitespace());
+            let call = next.is_some_and(|j| chars[j] == '(');
+            if call && GROUPING.contains(&word.as_str()) {
+                i = skip_to(next.unwrap_or(i), ')');
+            } else if !call && !KEYWORDS.contains(&word.as_str()) && !ours(&word) {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
 }

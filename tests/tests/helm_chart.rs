@@ -1,6 +1,7 @@
 //! The Helm chart (`charts/kvcluster`) checked with the real `helm` and `promtool`: lint, rendering
 //! with default and with every option on, the values schema refusing bad values, the CRD and RBAC
-//! against their source (operator/src), and the alerts and dashboard naming only real metrics.
+//! against their source (operator/src), and the alerts and dashboard naming only real metrics (ours,
+//! or the few of others in `EXTERNAL_METRICS`).
 //! (`helm_install.rs` installs it into a real API server.) Skipped with a loud message when a tool is
 //! missing, unless `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,8 +11,8 @@ use std::process::Command;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kvcluster_tests::helm::{
-    ALL_ON_VALUES, CHART, Helm, cli_tool, documents, kinds, metric_names, object, output,
-    registered_metrics, stdout_of, unknown_metrics,
+    ALL_ON_VALUES, CHART, EXTERNAL_METRICS, Helm, cli_tool, documents, foreign_metrics, kinds,
+    metric_names, object, output, registered_metrics, stdout_of, unknown_metrics,
 };
 use kvcluster_tests::kube::{kvoperator_bin, repo_path};
 use kvoperator::builders::networkpolicy::OPERATOR_POD_LABEL;
@@ -366,6 +367,14 @@ fn the_alerts_and_the_dashboard_name_only_real_metrics() {
         "the check catches a made-up name"
     );
 
+    assert_eq!(
+        foreign_metrics(
+            "sum by (pod) (rate(node_made_up_total{a=\"b\"}[5m])) > 0.5 and on (pod) up == 1"
+        ),
+        BTreeSet::from(["node_made_up_total".to_string(), "up".to_string()]),
+        "the check finds metrics of others"
+    );
+
     let docs = render(&helm, &["--values", ALL_ON_VALUES]);
     let mut exprs: Vec<(String, String)> = Vec::new();
     for group in alert_rules(&docs)["groups"].as_array().unwrap() {
@@ -389,6 +398,16 @@ fn the_alerts_and_the_dashboard_name_only_real_metrics() {
                 target["expr"].as_str().unwrap().to_string(),
             ));
         }
+    }
+    // Metrics of others only from the allowed list (the variables' `label_values` are Grafana's,
+    // not PromQL, and use ours alone).
+    for (what, expr) in &exprs {
+        let mut foreign = foreign_metrics(expr);
+        foreign.retain(|name| !EXTERNAL_METRICS.contains(&name.as_str()));
+        assert!(
+            foreign.is_empty(),
+            "{what} uses metrics that are neither ours nor in EXTERNAL_METRICS: {foreign:?} in {expr}"
+        );
     }
     for variable in dashboard["templating"]["list"].as_array().unwrap() {
         if let Some(query) = variable["query"]["query"].as_str() {

@@ -47,7 +47,7 @@ pub(super) async fn bound_in_flight(
         bound
             .metrics
             .requests_rejected
-            .with_label_values(&["in_flight"])
+            .with_label_values(&[crate::metrics::REJECTED_IN_FLIGHT])
             .inc();
         let mut response = error_response(&Error::Unavailable(format!(
             "{} requests already in flight; retry shortly",

@@ -271,7 +271,7 @@ async fn read_value(node: &Node, request: Request, limit: usize) -> Result<Vec<u
     tokio::time::timeout(timeout, read).await.map_err(|_| {
         node.metrics
             .requests_rejected
-            .with_label_values(&["body_timeout"])
+            .with_label_values(&[crate::metrics::REJECTED_BODY_TIMEOUT])
             .inc();
         Error::BodyTimeout(timeout)
     })?

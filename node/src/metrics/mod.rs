@@ -41,6 +41,11 @@ impl Operation {
 }
 
 /// The commit the binary was built from, when the build set `KVCLUSTER_GIT_COMMIT`.
+/// `reason` of `kv_requests_rejected_total`: the bound on requests in flight refused it.
+pub const REJECTED_IN_FLIGHT: &str = "in_flight";
+/// `reason` of `kv_requests_rejected_total`: its body did not arrive in time.
+pub const REJECTED_BODY_TIMEOUT: &str = "body_timeout";
+
 const GIT_COMMIT: &str = match option_env!("KVCLUSTER_GIT_COMMIT") {
     Some(commit) => commit,
     None => "unknown",
@@ -368,11 +373,15 @@ impl Metrics {
             engine: engine::EngineGauges::register(&r)?,
             registry: r,
         };
-        // Every operation's failure series exists from the start, at 0, so a ratio is never absent.
+        // Every operation's failure series and every refusal reason's series exist from the start,
+        // at 0, so a ratio or a panel is never absent.
         for operation in Operation::ALL {
             metrics
                 .quorum_failures
                 .with_label_values(&[operation.label()]);
+        }
+        for reason in [REJECTED_IN_FLIGHT, REJECTED_BODY_TIMEOUT] {
+            metrics.requests_rejected.with_label_values(&[reason]);
         }
         Ok(metrics)
     }
