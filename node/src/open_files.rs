@@ -55,7 +55,11 @@ mod tests {
 
     #[test]
     fn a_small_limit_still_leaves_half_for_connections() {
-        assert_eq!(connections_under(1024), 512, "runc's and Docker's default limit");
+        assert_eq!(
+            connections_under(1024),
+            512,
+            "runc's and Docker's default limit"
+        );
         assert_eq!(connections_under(4096), 3072);
         assert_eq!(connections_under(1_048_576), 1_047_552);
         assert_eq!(connections_under(1), 1);
