@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -700,6 +700,36 @@ impl ControlPlane {
         );
         write_private(&path, &text);
         path
+    }
+
+    /// The operator's identity as shipped: creates `role` (the ClusterRole of `operator/rbac.yaml`),
+    /// binds it to ServiceAccount `default/kvoperator` and returns that account's kubeconfig.
+    pub async fn operator_identity(&self, role: &ClusterRole) -> PathBuf {
+        Api::<ClusterRole>::all(self.client.clone())
+            .create(&PostParams::default(), role)
+            .await
+            .unwrap_or_else(|e| panic!("create the operator's ClusterRole: {e}"));
+        self.create_service_account("default", "kvoperator").await;
+        let name = role.metadata.name.clone().unwrap_or_default();
+        self.bind_cluster_role(&name, "default", "kvoperator").await;
+        self.service_account_kubeconfig("default", "kvoperator")
+            .await
+    }
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, at most `timeout`; panics naming `what` then.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(t0.elapsed() < timeout, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

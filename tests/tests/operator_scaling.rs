@@ -432,16 +432,8 @@ async fn operator_scales_a_ring_3_to_5_to_3_under_load_and_changes_quorums_in_pl
     plane.create_restricted_namespace(NS).await;
 
     // The operator's identity: its ServiceAccount bound to the ClusterRole of operator/rbac.yaml.
-    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
-        .create(&PostParams::default(), &kvoperator::rbac::cluster_role())
-        .await
-        .unwrap();
-    plane.create_service_account("default", "kvoperator").await;
-    plane
-        .bind_cluster_role("kvoperator", "default", "kvoperator")
-        .await;
     let sa_kubeconfig = plane
-        .service_account_kubeconfig("default", "kvoperator")
+        .operator_identity(&kvoperator::rbac::cluster_role())
         .await;
 
     // Loopback addresses for every ordinal the scenario uses, known to the operator up front (on

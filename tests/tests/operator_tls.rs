@@ -21,7 +21,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use kvcluster_tests::kube::{ControlPlane, OperatorProcess, repo_path};
+use kvcluster_tests::kube::{ControlPlane, OperatorProcess, eventually, repo_path};
 use kvcluster_tests::tls::{self, Identity, Pki};
 use kvcluster_tests::{NodeProcess, free_ports, kubelet};
 use kvoperator::builders::certificate;
@@ -67,28 +67,10 @@ fn refused<T>(result: Result<T, kvclient::Error>) -> Option<u16> {
     result.err().and_then(|e| e.status())
 }
 
-/// Polls `f` every 200 ms until it returns `Some`, at most [`STEP_TIMEOUT`].
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < STEP_TIMEOUT,
-            "{what}: not within {STEP_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Starts every pod of the StatefulSet `NAME` as the kubelets would, and marks each Ready once its
 /// node answers `/health/ready` over https.
 async fn run_pods(client: &Client, ports: &[u16], dir: &Path, ca: &[u8]) -> Vec<NodeProcess> {
-    let sts = eventually("the StatefulSet", || async {
+    let sts = eventually("the StatefulSet", STEP_TIMEOUT, || async {
         Api::<StatefulSet>::namespaced(client.clone(), NS)
             .get_opt(NAME)
             .await
@@ -119,7 +101,7 @@ async fn run_pods(client: &Client, ports: &[u16], dir: &Path, ca: &[u8]) -> Vec<
             .timeout(Duration::from_secs(2))
             .build()
             .unwrap();
-        eventually(&format!("{pod} ready"), || async {
+        eventually(&format!("{pod} ready"), STEP_TIMEOUT, || async {
             probe.admin_get(kvapi::HEALTH_READY).await.ok()
         })
         .await;
@@ -141,22 +123,18 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
     let admin = plane.client();
     plane.create_restricted_namespace(NS).await;
     // The operator's RBAC as shipped: the ClusterRole, and the Secret reader bound in NS only.
-    let roles = Api::<ClusterRole>::all(admin.clone());
-    for role in [
-        kvoperator::rbac::cluster_role(),
-        kvoperator::rbac::secret_reader_role(),
-    ] {
-        roles.create(&PostParams::default(), &role).await.unwrap();
-    }
-    plane.create_service_account("default", "kvoperator").await;
-    plane
-        .bind_cluster_role("kvoperator", "default", "kvoperator")
+    let sa_kubeconfig = plane
+        .operator_identity(&kvoperator::rbac::cluster_role())
         .await;
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &kvoperator::rbac::secret_reader_role(),
+        )
+        .await
+        .unwrap();
     plane
         .bind_cluster_role_in("kvoperator-secret-reader", NS, "default", "kvoperator")
-        .await;
-    let sa_kubeconfig = plane
-        .service_account_kubeconfig("default", "kvoperator")
         .await;
 
     // The pods' addresses: loopback ports in place of their DNS names.
@@ -246,7 +224,7 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
     let certificates =
         Api::<DynamicObject>::namespaced_with(admin.clone(), NS, &certificate::api_resource());
     let cert_name = format!("{NAME}-peer-tls");
-    let requested = eventually("the peer Certificate", || async {
+    let requested = eventually("the peer Certificate", STEP_TIMEOUT, || async {
         certificates.get_opt(&cert_name).await.unwrap()
     })
     .await;
@@ -295,7 +273,7 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
 
     // Settled: the operator read every node's status and pushed the ring, over https with the token.
     let t0 = Instant::now();
-    let settled = eventually("the cluster settled", || async {
+    let settled = eventually("the cluster settled", STEP_TIMEOUT, || async {
         let kvc = kvcs.get(NAME).await.unwrap();
         let status = kvc.status.clone()?;
         let condition = |t: &str| {
@@ -426,12 +404,18 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
     });
     kvcs.create(&PostParams::default(), &other).await.unwrap();
     let statefulsets = Api::<StatefulSet>::namespaced(admin.clone(), NS);
-    eventually("the operator refusing db-password", || async {
-        operator
-            .log()
-            .contains("db-password (read token) lacks the label kvcluster.io/operator-access=true")
-            .then_some(())
-    })
+    eventually(
+        "the operator refusing db-password",
+        STEP_TIMEOUT,
+        || async {
+            operator
+                .log()
+                .contains(
+                    "db-password (read token) lacks the label kvcluster.io/operator-access=true",
+                )
+                .then_some(())
+        },
+    )
     .await;
     assert!(
         statefulsets.get_opt("other").await.unwrap().is_none(),
@@ -447,7 +431,7 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
         )
         .await
         .unwrap();
-    let built = eventually("the StatefulSet of other", || async {
+    let built = eventually("the StatefulSet of other", STEP_TIMEOUT, || async {
         statefulsets.get_opt("other").await.unwrap()
     })
     .await;

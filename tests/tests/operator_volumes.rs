@@ -6,38 +6,20 @@
 //! claim's capacity. No kvnode runs: volumes are applied whatever the nodes say.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kvcluster_tests::kube::{ControlPlane, OperatorProcess};
+use kvcluster_tests::kube::{ControlPlane, OperatorProcess, eventually};
 use kvoperator::crd::KVCluster;
 use serde_json::{Value, json};
 
 const NS: &str = "kv-volumes";
 const NAME: &str = "grow";
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < STEP_TIMEOUT,
-            "{what}: not within {STEP_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn object<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).unwrap()
@@ -108,16 +90,8 @@ async fn a_larger_storage_size_grows_the_claims_the_storage_class_lets_grow() {
     plane.install_kvcluster_crd().await;
     let admin = plane.client();
     plane.create_restricted_namespace(NS).await;
-    Api::<ClusterRole>::all(admin.clone())
-        .create(&PostParams::default(), &kvoperator::rbac::cluster_role())
-        .await
-        .unwrap();
-    plane.create_service_account("default", "kvoperator").await;
-    plane
-        .bind_cluster_role("kvoperator", "default", "kvoperator")
-        .await;
     let kubeconfig = plane
-        .service_account_kubeconfig("default", "kvoperator")
+        .operator_identity(&kvoperator::rbac::cluster_role())
         .await;
     let classes: Api<StorageClass> = Api::all(admin.clone());
     for (name, expandable) in [("expandable", true), ("fixed", false)] {
@@ -161,7 +135,7 @@ async fn a_larger_storage_size_grows_the_claims_the_storage_class_lets_grow() {
         .await
         .unwrap();
     let statefulsets: Api<StatefulSet> = Api::namespaced(admin.clone(), NS);
-    eventually("the StatefulSet", || async {
+    eventually("the StatefulSet", STEP_TIMEOUT, || async {
         statefulsets.get_opt(NAME).await.unwrap()
     })
     .await;
@@ -174,7 +148,7 @@ async fn a_larger_storage_size_grows_the_claims_the_storage_class_lets_grow() {
         .await
         .unwrap();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), NS);
-    let status = eventually("the volumes' status", || async {
+    let status = eventually("the volumes' status", STEP_TIMEOUT, || async {
         let kvc = kvcs.get(NAME).await.unwrap();
         kvc.status?.volumes.filter(|v| !v.refused.is_empty())
     })
@@ -194,21 +168,8 @@ async fn a_larger_storage_size_grows_the_claims_the_storage_class_lets_grow() {
     // The StatefulSet keeps its claim template (immutable), and is still applied.
     let sts = statefulsets.get(NAME).await.unwrap();
     let template = &sts.spec.volume_claim_templates.unwrap()[0];
-    assert_eq!(
-        template
-            .spec
-            .as_ref()
-            .unwrap()
-            .resources
-            .as_ref()
-            .unwrap()
-            .requests
-            .as_ref()
-            .unwrap()["storage"]
-            .0,
-        "1Gi"
-    );
-    let warned = eventually("a VolumeExpansionRefused event", || async {
+    assert_eq!(requested(template), "1Gi");
+    let warned = eventually("a VolumeExpansionRefused event", STEP_TIMEOUT, || async {
         Api::<Event>::namespaced(admin.clone(), NS)
             .list(&ListParams::default())
             .await
@@ -223,7 +184,7 @@ async fn a_larger_storage_size_grows_the_claims_the_storage_class_lets_grow() {
 
     // The resize of data-grow-0 finishes: it leaves the status's expanding list.
     set_claim_status(&claims, "data-grow-0", "2Gi").await;
-    eventually("data-grow-0 done", || async {
+    eventually("data-grow-0 done", STEP_TIMEOUT, || async {
         let v = kvcs.get(NAME).await.unwrap().status?.volumes?;
         (!v.expanding.contains(&"data-grow-0".to_string())).then_some(())
     })
