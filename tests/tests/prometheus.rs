@@ -2,18 +2,21 @@
 //! chart's alert rules: after a bounded load every dashboard panel query parses and the node panels
 //! return data, and `KVNodeDown` fires after a node is killed with SIGKILL and resolves once it is
 //! back. The rules are a copy of `charts/kvcluster/files/alerts.yaml` with every `for:` shortened to
-//! [`FOR`], so the test takes seconds, not minutes. No operator runs here, so the panels on the
-//! operator's metrics are only checked to parse. Skipped with a loud message when `prometheus` is
-//! missing, unless `CI=true`.
+//! [`FOR`], so the test takes seconds, not minutes. The operator runs too, against a real
+//! kube-apiserver, reconciling a KVCluster that names a missing Secret (so its error series exist
+//! as well), and Prometheus scrapes it: the operator panels return data too. Skipped with a loud
+//! message when `prometheus` or the Kubernetes test binaries are missing, unless `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kube::api::{Api, PostParams};
 use kvcluster_tests::helm::cli_tool;
-use kvcluster_tests::kube::repo_path;
+use kvcluster_tests::kube::{ControlPlane, OperatorProcess, repo_path};
 use kvcluster_tests::{Cluster, free_ports, http_client_builder};
+use kvoperator::crd::KVCluster;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
@@ -39,8 +42,9 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    /// Starts `binary` scraping every node of `cluster` each second, with the chart's rules.
-    async fn start(binary: &Path, cluster: &Cluster) -> Self {
+    /// Starts `binary` scraping every node of `cluster` and the operator at `operator` each
+    /// second, with the chart's rules.
+    async fn start(binary: &Path, cluster: &Cluster, operator: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("kvcluster-prometheus-")
             .tempdir()
@@ -62,7 +66,9 @@ impl Prometheus {
         let config = format!(
             "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
              rule_files: [rules.yaml]\n\
-             scrape_configs:\n  - job_name: kvnode\n    static_configs:\n{targets}"
+             scrape_configs:\n  - job_name: kvnode\n    static_configs:\n{targets}\
+             \x20 - job_name: kvoperator\n    static_configs:\n      - targets: ['{operator}']\n        \
+             labels: {{container: kvoperator, namespace: kvcluster-system, pod: kvoperator-0}}\n"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let port = free_ports(1)[0];
@@ -211,9 +217,46 @@ async fn dashboard_queries_return_data_and_node_down_fires_and_resolves() {
     ) else {
         return;
     };
+    let Some(plane) = ControlPlane::start("prometheus::real_prometheus").await else {
+        return;
+    };
     let t0 = Instant::now();
     let mut cluster = Cluster::start(3, 3, 2, 2).await;
-    let prometheus = Prometheus::start(&binary, &cluster).await;
+    // The operator, reconciling one KVCluster whose admin token Secret does not exist: every
+    // reconcile fails, so the error panel has a series to show.
+    plane.install_kvcluster_crd().await;
+    let kubeconfig = plane
+        .operator_identity(&kvoperator::rbac::cluster_role())
+        .await;
+    let operator_address = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let mut operator = OperatorProcess::start(
+        &kubeconfig,
+        &format!("kvoperator-prometheus-{}", std::process::id()),
+        &[
+            "--leader-election",
+            "false",
+            "--listen",
+            &operator_address,
+            "--progress-interval",
+            "1s",
+            "--admin-timeout",
+            "1s",
+        ],
+        &plane.dir().join("operator.log"),
+    );
+    let resource: KVCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kvcluster.io/v1alpha1", "kind": "KVCluster",
+        "metadata": {"name": "watched", "namespace": "default"},
+        "spec": {"replicas": 1, "replicationFactor": 1, "writeQuorum": 1, "readQuorum": 1,
+                 "image": "kvnode:test", "storage": {"size": "1Gi"},
+                 "auth": {"adminTokenSecretRef": {"name": "absent"}}}
+    }))
+    .unwrap();
+    Api::<KVCluster>::namespaced(plane.client(), "default")
+        .create(&PostParams::default(), &resource)
+        .await
+        .unwrap();
+    let prometheus = Prometheus::start(&binary, &cluster, &operator_address).await;
 
     // A bounded load through every node: 300 writes and reads, at most 20 s.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -228,24 +271,13 @@ async fn dashboard_queries_return_data_and_node_down_fires_and_resolves() {
     }
     eprintln!("load done after {:?}", t0.elapsed());
 
-    // Every query parses (`api` asserts success); node panels return data once rates have two
-    // samples. Operator panels have no operator to scrape here.
+    // Every query parses (`api` asserts success) and returns data once rates have two samples.
     let queries = panel_queries();
-    let (operator, node): (Vec<_>, Vec<_>) = queries
-        .iter()
-        .partition(|(_, query)| query.contains("kvoperator_"));
-    for (title, query) in &operator {
-        let result = prometheus.query(query).await;
-        eprintln!(
-            "operator panel {title:?} parses ({} series; no operator runs)",
-            result.len()
-        );
-    }
     let all_data = prometheus
         .poll(|p| {
-            let node = &node;
+            let queries = &queries;
             async move {
-                for (_, query) in node {
+                for (_, query) in queries {
                     if p.query(query).await.is_empty() {
                         return false;
                     }
@@ -256,7 +288,7 @@ async fn dashboard_queries_return_data_and_node_down_fires_and_resolves() {
         .await;
     let mut empty = Vec::new();
     if !all_data {
-        for (title, query) in &node {
+        for (title, query) in &queries {
             if prometheus.query(query).await.is_empty() {
                 empty.push(format!("{title}: {query}"));
             }
@@ -264,12 +296,17 @@ async fn dashboard_queries_return_data_and_node_down_fires_and_resolves() {
     }
     assert!(
         empty.is_empty(),
-        "node panels without data after {SETTLE:?}: {empty:#?}"
+        "panels without data after {SETTLE:?}: {empty:#?}\noperator log:\n{}",
+        operator.log_tail(20)
     );
+    assert!(operator.is_running(), "{}", operator.log_tail(20));
     eprintln!(
-        "{} node panel queries return data, {} operator panel queries parse, after {:?}",
-        node.len(),
-        operator.len(),
+        "{} panel queries ({} on the operator) return data, after {:?}",
+        queries.len(),
+        queries
+            .iter()
+            .filter(|(_, q)| q.contains("kvoperator_"))
+            .count(),
         t0.elapsed()
     );
 
@@ -304,4 +341,5 @@ async fn dashboard_queries_return_data_and_node_down_fires_and_resolves() {
         "KVNodeDown still active for {pod} after its restart"
     );
     eprintln!("KVNodeDown resolved; test took {:?}", t0.elapsed());
+    operator.stop();
 }
