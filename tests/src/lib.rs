@@ -23,6 +23,7 @@ pub mod helm;
 pub mod kube;
 pub mod kubelet;
 pub mod load;
+pub mod operator_process;
 pub mod tls;
 
 use std::fs::{File, OpenOptions};

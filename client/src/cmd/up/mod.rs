@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
@@ -18,10 +18,13 @@ use clap::Args;
 use kvapi::{ClusterConfig, Member};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::{EXIT_REFUSED, EXIT_UNREACHABLE, stderr_line};
+
+mod restart;
+use restart::{Running, next_request, restart_requests};
 
 /// The stdout line by which a kvnode announces that it serves (followed by its address).
 pub(crate) const READY_PREFIX: &str = "kvnode listening on http://";
@@ -634,111 +637,6 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
                 }
             }
         }
-    }
-}
-
-/// A local cluster once every node announced itself: what it takes to restart one.
-struct Running {
-    binary: PathBuf,
-    data_dir: PathBuf,
-    config_path: PathBuf,
-    nodes: Vec<NodeInfo>,
-    tasks: JoinSet<NodeExit>,
-    stop_rx: watch::Receiver<bool>,
-    /// Indexes of the nodes that exited on their own and were not restarted yet.
-    down: BTreeSet<usize>,
-}
-
-impl Running {
-    /// Reports a node that exited on its own, with the end of its log.
-    fn report_exit(&mut self, exit: &NodeExit) {
-        let Some(node) = self.nodes.get(exit.index) else {
-            return;
-        };
-        stderr_line(&format!(
-            "{} exited on its own ({}); last lines of {}:",
-            node.id,
-            describe_status(&exit.status),
-            node.log.display()
-        ));
-        stderr_line(&log_tail(&node.log, LOG_TAIL_LINES));
-        self.down.insert(exit.index);
-    }
-
-    fn down_ids(&self) -> String {
-        let ids: Vec<&str> = self
-            .down
-            .iter()
-            .filter_map(|i| self.nodes.get(*i))
-            .map(|n| n.id.as_str())
-            .collect();
-        ids.join(", ")
-    }
-
-    /// Starts every stopped node again on its own data and waits for each to announce itself.
-    /// Returns the stop signal when one arrives meanwhile.
-    async fn restart_down(&mut self, signals: &mut StopSignals) -> Option<&'static str> {
-        if self.down.is_empty() {
-            stderr_line("every node is running");
-            return None;
-        }
-        for index in std::mem::take(&mut self.down) {
-            let node = &self.nodes[index];
-            let child = match spawn_node(&self.binary, node, &self.data_dir, &self.config_path) {
-                Ok(child) => child,
-                Err(e) => {
-                    stderr_line(&format!("error: {e}"));
-                    self.down.insert(index);
-                    continue;
-                }
-            };
-            let (ready_tx, ready_rx) = oneshot::channel();
-            self.tasks.spawn(supervise(
-                index,
-                child,
-                node.log.clone(),
-                self.stop_rx.clone(),
-                ready_tx,
-            ));
-            tokio::select! {
-                biased;
-                signal = signals.recv() => return Some(signal),
-                outcome = tokio::time::timeout(READY_TIMEOUT, ready_rx) => match outcome {
-                    Ok(Ok(_)) => stderr_line(&format!("{} restarted on http://{}", node.id, node.address)),
-                    Ok(Err(_)) => stderr_line(&format!(
-                        "{} exited again before it was ready; see {}", node.id, node.log.display()
-                    )),
-                    Err(_) => stderr_line(&format!(
-                        "{} did not print its ready line within {}s; see {}",
-                        node.id, READY_TIMEOUT.as_secs(), node.log.display()
-                    )),
-                },
-            }
-        }
-        None
-    }
-}
-
-/// Lines typed on stdin, read by a thread of their own: a read blocked on a terminal cannot be
-/// cancelled, and tokio's stdin would make the runtime wait for it at exit; a detached thread does
-/// not keep the process alive.
-fn restart_requests() -> mpsc::UnboundedReceiver<()> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            if line.is_err() || tx.send(()).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// The next line typed on stdin; `None` once stdin is closed or unreadable.
-async fn next_request(requests: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
-    match requests {
-        Some(lines) => lines.recv().await,
-        None => std::future::pending().await,
     }
 }
 
