@@ -23,6 +23,7 @@ use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::rpc::{RequestBody, ResponseBody, RpcClient};
+use crate::supervisor::Stop;
 
 /// Byte budget of one page of records exchanged.
 pub const PAGE_BYTES: u64 = 1024 * 1024;
@@ -82,13 +83,16 @@ impl AntiEntropy {
         })
     }
 
-    /// Sweeps forever at the configured interval (returns at once when sweeps are disabled).
-    pub async fn run(self: Arc<Self>) {
+    /// Sweeps at the configured interval until shutdown (returns at once when sweeps are disabled).
+    pub async fn run(self: Arc<Self>, mut stop: Stop) {
         let Some(interval) = self.settings.interval else {
             return;
         };
-        loop {
-            tokio::time::sleep(interval).await;
+        while stop
+            .unless_stopped(tokio::time::sleep(interval))
+            .await
+            .is_some()
+        {
             let started = std::time::Instant::now();
             self.sweep().await;
             self.metrics

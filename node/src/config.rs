@@ -200,7 +200,8 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_WRITE_TIMEOUT", default_value = "30s")]
     pub write_timeout: Duration,
 
-    /// On SIGTERM, how long in-flight requests may take to finish before connections are closed.
+    /// On SIGTERM, how long in-flight requests may take to finish before connections are closed;
+    /// background tasks (hint delivery, transfers, ...) then get as long to finish their round.
     #[arg(long, env = "KVNODE_SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: Duration,
 

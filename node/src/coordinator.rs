@@ -305,7 +305,7 @@ impl Coordinator {
                 }
                 Ok(other) => last_error = other.unexpected(),
                 // Unreachable coordinators are skipped; the write never reached them.
-                Err(e @ (Error::PeerUnavailable(_) | Error::Rpc(_))) => last_error = e,
+                Err(e @ (Error::PeerUnavailable(_) | Error::PeerFailed(_))) => last_error = e,
                 Err(e) => return Err(e),
             }
         }

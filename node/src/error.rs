@@ -88,9 +88,16 @@ pub enum Error {
     /// A peer could not be reached or did not answer in time.
     #[error("peer unavailable: {0}")]
     PeerUnavailable(String),
-    /// A peer answered with an error, or sent a message this node cannot read.
-    #[error("peer rpc failed: {0}")]
-    Rpc(String),
+    /// An inbound peer message cannot be decoded (unknown version, malformed) or breaks a bound:
+    /// the sender's fault, answered 400 `bad_rpc` on the peer port.
+    #[error("bad peer message: {0}")]
+    BadPeerMessage(String),
+    /// An outbound call reached a peer but failed there: it answered an error status, or an answer
+    /// this node cannot read or did not expect (a peer on another RPC version during a rolling
+    /// upgrade). The replica is unavailable to this request, as if it were down: never a 400 to a
+    /// client whose request was valid.
+    #[error("peer call failed: {0}")]
+    PeerFailed(String),
     /// A request coordinated by a peer failed there; its status and body are passed on unchanged.
     #[error("{}", body.message)]
     Remote {
@@ -140,7 +147,7 @@ impl Error {
     pub fn is_unavailability(&self) -> bool {
         match self {
             Error::PeerUnavailable(_)
-            | Error::Rpc(_)
+            | Error::PeerFailed(_)
             | Error::Unavailable(_)
             | Error::QuorumNotReached { .. }
             | Error::DeadlineExceeded(_) => true,

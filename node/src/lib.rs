@@ -21,6 +21,7 @@ pub mod replica;
 pub mod ring;
 pub mod rpc;
 pub mod storage;
+pub mod supervisor;
 pub mod tls;
 
 use std::future::Future;
@@ -42,7 +43,11 @@ use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::rpc::RpcClient;
 use crate::storage::{Durability, Storage};
+use crate::supervisor::{Stop, Supervisor};
 use crate::tls::{ClientPortFiles, PeerFiles, Reloading, ServerTls};
+
+/// First wait before a background task that panicked is started again (it doubles per restart).
+const RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Opens storage, binds the client and peer listeners, prints `kvnode peer port on ADDR` and then
 /// `kvnode listening on http://ADDR` (`https://` with client TLS) on stdout and serves until
@@ -157,17 +162,35 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         antientropy.clone(),
         metrics.clone(),
     );
-    let mut background = vec![
-        tokio::spawn(rpc.clone().ping_peers()),
-        tokio::spawn(handoff.clone().deliver_forever()),
-        tokio::spawn(antientropy.run()),
-        tokio::spawn(transfers.clone().run()),
-    ];
-    let token_reload = auth
-        .watches_files()
-        .then(|| tokio::spawn(auth.clone().reload_forever()));
-    background.extend(peer_tls.clone().map(|t| tokio::spawn(t.watch())));
-    background.extend(client_tls.clone().map(|t| tokio::spawn(t.watch())));
+    let mut background = Supervisor::new(metrics.clone(), RESTART_BACKOFF);
+    background.spawn("peer_pings", {
+        let rpc = rpc.clone();
+        move |stop| rpc.clone().ping_peers(stop)
+    });
+    background.spawn("hint_delivery", {
+        let handoff = handoff.clone();
+        move |stop| handoff.clone().deliver_forever(stop)
+    });
+    background.spawn("anti_entropy", {
+        let antientropy = antientropy.clone();
+        move |stop| antientropy.clone().run(stop)
+    });
+    background.spawn("transfers", {
+        let transfers = transfers.clone();
+        move |stop| transfers.clone().run(stop)
+    });
+    if auth.watches_files() {
+        let auth = auth.clone();
+        background.spawn("token_reload", move |stop| {
+            auth.clone().reload_forever(stop)
+        });
+    }
+    if let Some(files) = peer_tls.clone() {
+        background.spawn("peer_tls_reload", move |stop| files.clone().watch(stop));
+    }
+    if let Some(files) = client_tls.clone() {
+        background.spawn("client_tls_reload", move |stop| files.clone().watch(stop));
+    }
     let backups = Arc::new(backup::Backups::new(
         backup::Settings {
             data_dir: config.data_dir.clone(),
@@ -203,12 +226,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         backups,
         ready: AtomicBool::new(false),
     });
-    let wal_sync = (config.durability == Durability::Periodic).then(|| {
-        tokio::spawn(sync_wal_periodically(
-            replica.clone(),
-            *config.wal_sync_interval,
-        ))
-    });
+    if config.durability == Durability::Periodic {
+        let (replica, interval) = (replica.clone(), *config.wal_sync_interval);
+        background.spawn("wal_sync", move |stop| {
+            sync_wal_periodically(replica.clone(), interval, stop)
+        });
+    }
     node.ready.store(true, Ordering::Release);
     tracing::info!(node_id = %config.node_id, %address, %peer_address, "serving");
     let scheme = if client_tls.is_some() {
@@ -256,12 +279,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let _ = stop.send(true);
     };
     tokio::join!(client_port, peer_port, signal);
-    for task in background {
-        task.abort();
-    }
-    for task in [wal_sync, token_reload].into_iter().flatten() {
-        task.abort();
-    }
+    background.shutdown(*config.shutdown_grace).await;
     replica.sync_wal().await
 }
 
@@ -279,11 +297,14 @@ fn local_address(listener: &TcpListener) -> Result<std::net::SocketAddr, Error> 
 
 /// Syncs the write-ahead log every `interval` until a sync fails; storage then refuses writes and
 /// the node reports itself unready until restarted (a retried sync proves nothing).
-async fn sync_wal_periodically(replica: Arc<Replica>, interval: std::time::Duration) {
+async fn sync_wal_periodically(
+    replica: Arc<Replica>,
+    interval: std::time::Duration,
+    mut stop: Stop,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
+    while stop.unless_stopped(ticks.tick()).await.is_some() {
         if let Err(e) = replica.sync_wal().await {
             tracing::error!(error = %e, "periodic WAL sync failed; the node refuses writes until restarted");
             return;

@@ -248,6 +248,27 @@ impl Membership {
         Ok(true)
     }
 
+    /// [`Membership::install`] on the blocking pool, for async callers: an install holds the
+    /// install lock across the gain hook (a RocksDB range delete of stale partitions) and an fsync
+    /// of the config file, which on a runtime worker would stall every task queued behind it.
+    pub async fn install_on_blocking_pool(
+        self: &Arc<Self>,
+        next: ClusterConfig,
+    ) -> Result<bool, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.install(next)).await?
+    }
+
+    /// [`Membership::propose`] on the blocking pool, for the same reason as
+    /// [`Membership::install_on_blocking_pool`].
+    pub async fn propose_on_blocking_pool(
+        self: &Arc<Self>,
+        next: ClusterConfig,
+    ) -> Result<bool, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.propose(next)).await?
+    }
+
     /// Sets the hook called with the partitions an install makes this node hold (once).
     pub fn on_gain(&self, hook: GainHook) {
         let _ = self.on_gain.set(hook);
@@ -437,6 +458,8 @@ fn write_config(path: &Path, config: &ClusterConfig) -> Result<(), Error> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
 
     fn config(epoch: u64, members: usize) -> ClusterConfig {
@@ -462,6 +485,39 @@ mod tests {
             address: format!("127.0.0.1:{port}"),
             peer_address: format!("127.0.0.1:{}", port + 1000),
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_install_with_a_slow_range_delete_leaves_the_runtime_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("given.json");
+        std::fs::write(&file, serde_json::to_vec(&config(3, 5)).unwrap()).unwrap();
+        let m = Arc::new(
+            Membership::load(member("kv-0", 1), &dir.path().join("d"), Some(&file), 256).unwrap(),
+        );
+        // Going from 5 members to 3 at N = 3 makes kv-0 gain partitions: the hook (a range delete
+        // in the node) runs under the install lock.
+        m.on_gain(Box::new(|_| {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        }));
+        let ticks = Arc::new(AtomicU32::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        assert!(m.install_on_blocking_pool(config(4, 3)).await.unwrap());
+        ticker.abort();
+        let ticks = ticks.load(Ordering::Relaxed);
+        assert!(
+            ticks >= 10,
+            "the one runtime thread ran other tasks meanwhile: {ticks} ticks"
+        );
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl Replica {
         let (siblings, actors) = (merged.siblings().len(), merged.context().len());
         if siblings > self.max_siblings || actors > MAX_ACTORS {
             self.metrics.merge_cap_rejections.inc();
-            return Err(Error::Rpc(format!(
+            return Err(Error::BadPeerMessage(format!(
                 "merged state would hold {siblings} siblings (cap {}) and {actors} actors (cap {MAX_ACTORS})",
                 self.max_siblings
             )));
@@ -328,7 +328,10 @@ mod tests {
                 .unwrap();
         }
         let refused = replica.merge(0, key.clone(), remote.clone()).await;
-        assert!(matches!(refused, Err(Error::Rpc(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(Error::BadPeerMessage(_))),
+            "{refused:?}"
+        );
         assert_eq!(
             replica
                 .merge_many(0, vec![(key.to_vec(), remote)])

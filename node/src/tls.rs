@@ -24,6 +24,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::error::Error;
+use crate::supervisor::Stop;
 
 /// How often certificate and key files are checked for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -128,12 +129,11 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         }
     }
 
-    /// Calls [`Reloading::refresh`] every [`RELOAD_INTERVAL`], forever.
-    pub async fn watch(self: Arc<Self>) {
+    /// Calls [`Reloading::refresh`] every [`RELOAD_INTERVAL`] until shutdown.
+    pub async fn watch(self: Arc<Self>, mut stop: Stop) {
         let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+        while stop.unless_stopped(ticks.tick()).await.is_some() {
             self.refresh();
         }
     }

@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::rpc::{RequestBody, ResponseBody, RpcClient, remaining};
 use crate::storage::hints::{HeldHint, Hint, HintCaps, now_micros};
+use crate::supervisor::Stop;
 
 /// Pause between delivery rounds when there is nothing to do or targets are unreachable.
 const DELIVERY_INTERVAL: Duration = Duration::from_millis(250);
@@ -196,11 +197,12 @@ impl Handoff {
         *held
     }
 
-    /// Delivers hints forever: each round sends every reachable target its oldest hints.
-    pub async fn deliver_forever(self: Arc<Self>) {
-        loop {
+    /// Delivers hints until shutdown: each round sends every reachable target its oldest hints.
+    pub async fn deliver_forever(self: Arc<Self>, mut stop: Stop) {
+        while !stop.is_requested() {
             if let Some(until) = self.held() {
-                let _ = tokio::time::timeout_at(until, self.wake.notified()).await;
+                let wait = tokio::time::timeout_at(until, self.wake.notified());
+                stop.unless_stopped(wait).await;
                 continue;
             }
             let delivered = {
@@ -212,7 +214,8 @@ impl Handoff {
                 self.deliver_round().await
             };
             if delivered == 0 {
-                let _ = tokio::time::timeout(DELIVERY_INTERVAL, self.wake.notified()).await;
+                let wait = tokio::time::timeout(DELIVERY_INTERVAL, self.wake.notified());
+                stop.unless_stopped(wait).await;
             }
         }
     }

@@ -24,6 +24,7 @@ use crate::membership::{Membership, View};
 use crate::metrics::Metrics;
 use crate::replica::Replica;
 use crate::rpc::{RequestBody, ResponseBody, RpcClient};
+use crate::supervisor::Stop;
 
 /// Pause between transfer steps.
 const STEP_INTERVAL: Duration = Duration::from_millis(300);
@@ -85,13 +86,19 @@ impl Transfers {
         })
     }
 
-    /// Follows membership changes forever.
-    pub async fn run(self: Arc<Self>) {
+    /// Follows membership changes until shutdown.
+    pub async fn run(self: Arc<Self>, mut stop: Stop) {
         loop {
             if let Err(e) = self.step().await {
                 tracing::debug!(error = %e, "transfer step failed");
             }
-            tokio::time::sleep(STEP_INTERVAL).await;
+            if stop
+                .unless_stopped(tokio::time::sleep(STEP_INTERVAL))
+                .await
+                .is_none()
+            {
+                return;
+            }
         }
     }
 

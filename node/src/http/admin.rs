@@ -73,7 +73,7 @@ pub(super) async fn admin_cluster(State(node): State<Arc<Node>>, request: Reques
                     .map_err(|e| Error::BadConfig(format!("not a cluster config: {e}")))?;
                 let offered = config.epoch;
                 node.replica.contexts().check_cluster(&config)?;
-                if node.membership.propose(config)? {
+                if node.membership.propose_on_blocking_pool(config).await? {
                     Ok(axum::Json(node.membership.view().config.clone()).into_response())
                 } else {
                     Err(Error::StaleEpoch {

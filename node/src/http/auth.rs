@@ -28,6 +28,7 @@ use subtle::{Choice, ConstantTimeEq};
 use super::error_response;
 use crate::config::NodeConfig;
 use crate::error::Error;
+use crate::supervisor::Stop;
 
 /// How often the token files are read again, so a rotated token takes effect without a restart.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -215,12 +216,11 @@ impl Authorizer {
     /// Reads the token files again every [`RELOAD_INTERVAL`] and installs what changed. A file that
     /// became unreadable or empty keeps the tokens in force (and is reported once): a half-written
     /// Secret must not lock every client out or open the node.
-    pub async fn reload_forever(self: Arc<Self>) {
+    pub async fn reload_forever(self: Arc<Self>, mut stop: Stop) {
         let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_problem: Option<String> = None;
-        loop {
-            ticks.tick().await;
+        while stop.unless_stopped(ticks.tick()).await.is_some() {
             match self.sources.read() {
                 Ok(fresh) => {
                     last_problem = None;

@@ -307,7 +307,7 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
         Error::BadContext(_) => (StatusCode::BAD_REQUEST, codes::BAD_CONTEXT),
         Error::BadBody(_) => (StatusCode::BAD_REQUEST, codes::BAD_BODY),
         Error::BadConfig(_) => (StatusCode::BAD_REQUEST, codes::BAD_CONFIG),
-        Error::Rpc(_) => (StatusCode::BAD_REQUEST, codes::BAD_RPC),
+        Error::BadPeerMessage(_) => (StatusCode::BAD_REQUEST, codes::BAD_RPC),
         Error::Unauthorized => (StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED),
         Error::Forbidden(_) => (StatusCode::FORBIDDEN, codes::FORBIDDEN),
         Error::NoRoute(_) | Error::KeyNotFound => (StatusCode::NOT_FOUND, codes::NOT_FOUND),
@@ -325,7 +325,7 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
         Error::QuorumNotReached { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, codes::QUORUM_NOT_REACHED)
         }
-        Error::Unavailable(_) | Error::PeerUnavailable(_) => {
+        Error::Unavailable(_) | Error::PeerUnavailable(_) | Error::PeerFailed(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
         }
         Error::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::CORRUPT_RECORD),

@@ -40,12 +40,12 @@ impl Operation {
     }
 }
 
-/// The commit the binary was built from, when the build set `KVCLUSTER_GIT_COMMIT`.
 /// `reason` of `kv_requests_rejected_total`: the bound on requests in flight refused it.
 pub const REJECTED_IN_FLIGHT: &str = "in_flight";
 /// `reason` of `kv_requests_rejected_total`: its body did not arrive in time.
 pub const REJECTED_BODY_TIMEOUT: &str = "body_timeout";
 
+/// The commit the binary was built from, when the build set `KVCLUSTER_GIT_COMMIT`.
 const GIT_COMMIT: &str = match option_env!("KVCLUSTER_GIT_COMMIT") {
     Some(commit) => commit,
     None => "unknown",
@@ -108,6 +108,8 @@ pub struct Metrics {
     pub requests_rejected: IntCounterVec,
     /// Failed syncs of the write-ahead log; after one the node refuses writes until restarted.
     pub wal_sync_failures: IntCounter,
+    /// Background tasks started again after a panic, by `task` (series exist from start-up).
+    pub background_task_restarts: IntCounterVec,
     /// Latency of peer RPCs this node sent, by `peer` and `rpc` (refreshed: departed peers dropped).
     peer_rpc_duration: HistogramVec,
     /// Peer RPCs that got no answer, by `peer`, `rpc` and `error`.
@@ -339,6 +341,12 @@ impl Metrics {
                 &r,
                 "kv_wal_sync_failures_total",
                 "Failed syncs of the write-ahead log (the node then refuses writes).",
+            )?,
+            background_task_restarts: counter_vec(
+                &r,
+                "kv_background_task_restarts_total",
+                "Background tasks started again after a panic, by task.",
+                &["task"],
             )?,
             peer_rpc_duration: reg(
                 &r,

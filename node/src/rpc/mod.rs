@@ -27,6 +27,7 @@ use crate::error::Error;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::storage::hints::Hint;
+use crate::supervisor::Stop;
 use crate::tls::{PeerTls, Reloading};
 
 /// Route of peer RPC.
@@ -253,7 +254,7 @@ impl ResponseBody {
                 status: *status,
                 body: error.clone(),
             },
-            other => Error::Rpc(format!("unexpected answer {other:?}")),
+            other => Error::PeerFailed(format!("unexpected answer {other:?}")),
         }
     }
 }
@@ -275,16 +276,16 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
     let (&version, body) = bytes
         .split_first()
-        .ok_or_else(|| Error::Rpc("empty message".into()))?;
+        .ok_or_else(|| Error::BadPeerMessage("empty message".into()))?;
     if version != RPC_VERSION {
-        return Err(Error::Rpc(format!(
+        return Err(Error::BadPeerMessage(format!(
             "unsupported message version {version}; this node speaks version {RPC_VERSION}"
         )));
     }
     let (message, rest) = postcard::take_from_bytes(body)
-        .map_err(|e| Error::Rpc(format!("malformed message: {e}")))?;
+        .map_err(|e| Error::BadPeerMessage(format!("malformed message: {e}")))?;
     if !rest.is_empty() {
-        return Err(Error::Rpc(format!(
+        return Err(Error::BadPeerMessage(format!(
             "{} trailing bytes after message",
             rest.len()
         )));
@@ -435,7 +436,7 @@ impl RpcClient {
         let view = self.membership.view();
         let address = view
             .peer_address(peer)
-            .ok_or_else(|| Error::Rpc(format!("{peer} is not a member")))?
+            .ok_or_else(|| Error::PeerFailed(format!("{peer} is not a member")))?
             .to_string();
         let rpc = body.kind();
         let request = RpcRequest {
@@ -490,7 +491,7 @@ impl RpcClient {
                 .await
             {
                 Ok(ResponseBody::Config(config)) => {
-                    if let Err(e) = this.membership.install(config) {
+                    if let Err(e) = this.membership.install_on_blocking_pool(config).await {
                         tracing::warn!(%peer, error = %e, "refused the config of a peer");
                     }
                 }
@@ -500,14 +501,13 @@ impl RpcClient {
         });
     }
 
-    /// Pings every other member forever, keeping liveness and epochs fresh. A peer whose last exchange
+    /// Pings every other member until shutdown, keeping liveness and epochs fresh. A peer whose last exchange
     /// failed is pinged again only after its backoff (100 ms doubling to 2 s); it is marked alive sooner
     /// when it sends a message itself.
-    pub async fn ping_peers(self: Arc<Self>) {
+    pub async fn ping_peers(self: Arc<Self>, mut stop: Stop) {
         let mut ticks = tokio::time::interval(PING_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+        while stop.unless_stopped(ticks.tick()).await.is_some() {
             let view = self.membership.view();
             for member in view.all_members() {
                 if member.id == self.membership.node_id()
@@ -533,7 +533,7 @@ impl RpcClient {
         let http_request = hyper::Request::post(uri)
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(Bytes::from(encode(request))))
-            .map_err(|e| Error::Rpc(format!("cannot build request: {e}")))?;
+            .map_err(|e| Error::PeerFailed(format!("cannot build request: {e}")))?;
         let response = pool
             .request(http_request)
             .await
@@ -548,9 +548,12 @@ impl RpcClient {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
                 .map(|b| b.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(Error::Rpc(format!("{uri} answered {status}: {message}")));
+            return Err(Error::PeerFailed(format!(
+                "{uri} answered {status}: {message}"
+            )));
         }
-        decode(&bytes)
+        // An answer this node cannot read is the peer's failure, not the client's request's.
+        decode(&bytes).map_err(|e| Error::PeerFailed(format!("{uri}: {e}")))
     }
 }
 
