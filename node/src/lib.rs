@@ -163,33 +163,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         metrics.clone(),
     );
     let mut background = Supervisor::new(metrics.clone(), RESTART_BACKOFF);
-    background.spawn("peer_pings", {
-        let rpc = rpc.clone();
-        move |stop| rpc.clone().ping_peers(stop)
-    });
-    background.spawn("hint_delivery", {
-        let handoff = handoff.clone();
-        move |stop| handoff.clone().deliver_forever(stop)
-    });
-    background.spawn("anti_entropy", {
-        let antientropy = antientropy.clone();
-        move |stop| antientropy.clone().run(stop)
-    });
-    background.spawn("transfers", {
-        let transfers = transfers.clone();
-        move |stop| transfers.clone().run(stop)
-    });
+    background.spawn_method("peer_pings", rpc.clone(), RpcClient::ping_peers);
+    background.spawn_method("hint_delivery", handoff.clone(), Handoff::deliver_forever);
+    background.spawn_method("anti_entropy", antientropy.clone(), AntiEntropy::run);
+    background.spawn_method("transfers", transfers.clone(), Transfers::run);
     if auth.watches_files() {
-        let auth = auth.clone();
-        background.spawn("token_reload", move |stop| {
-            auth.clone().reload_forever(stop)
-        });
+        background.spawn_method(
+            "token_reload",
+            auth.clone(),
+            http::auth::Authorizer::reload_forever,
+        );
     }
     if let Some(files) = peer_tls.clone() {
-        background.spawn("peer_tls_reload", move |stop| files.clone().watch(stop));
+        background.spawn_method("peer_tls_reload", files, Reloading::watch);
     }
     if let Some(files) = client_tls.clone() {
-        background.spawn("client_tls_reload", move |stop| files.clone().watch(stop));
+        background.spawn_method("client_tls_reload", files, Reloading::watch);
     }
     let backups = Arc::new(backup::Backups::new(
         backup::Settings {

@@ -105,6 +105,20 @@ impl Supervisor {
         self.tasks.push((name, handle));
     }
 
+    /// [`Supervisor::spawn`] for a task that is a method of a shared `owner`, such as
+    /// `RpcClient::ping_peers`.
+    pub fn spawn_method<T, Fut>(
+        &mut self,
+        name: &'static str,
+        owner: Arc<T>,
+        run: fn(Arc<T>, Stop) -> Fut,
+    ) where
+        T: Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn(name, move |stop| run(owner.clone(), stop));
+    }
+
     /// Asks every task to stop and waits at most `grace` for all of them; aborts those still running.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
