@@ -5,6 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod ttl;
+pub mod watch;
+
 /// Prefix of the public key-value routes: `GET|PUT|DELETE /v1/kv/{key}` (key percent-encoded).
 pub const KV_PREFIX: &str = "/v1/kv/";
 /// Liveness route: answers 200 while the process serves HTTP.
@@ -81,7 +84,7 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
 /// Query parameters a key-value request may carry; any other parameter is refused with 400.
-pub const QUERY_PARAMS: [&str; 3] = ["r", "w", "timeout_ms"];
+pub const QUERY_PARAMS: [&str; 5] = ["r", "w", "timeout_ms", "ttl", "wait"];
 
 /// JSON body of every error answer: `{"error": code, "message": text}` plus optional details.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +112,10 @@ pub mod codes {
     pub const BAD_PARAMETER: &str = "bad_parameter";
     /// The `X-Kv-Context` token is malformed, of an unknown version or for another key.
     pub const BAD_CONTEXT: &str = "bad_context";
+    /// 429: every watcher place of the node is taken.
+    pub const TOO_MANY_WATCHERS: &str = "too_many_watchers";
+    /// 410: a change-feed cursor is too old or of a restarted node: list again.
+    pub const CURSOR_GONE: &str = "cursor_gone";
     /// The key does not exist or is deleted.
     pub const NOT_FOUND: &str = "not_found";
     /// The route exists but not for this method.

@@ -26,6 +26,7 @@
 
 mod connect;
 mod failover;
+mod watch;
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ use reqwest::{StatusCode, Url};
 
 pub use connect::ClientBuilder;
 pub use failover::{Nodes, RetryPolicy, is_retryable};
+pub use watch::Changes;
 
 /// Overall deadline of a request made by [`Client::new`] when the request sets no `timeout_ms`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,15 +164,24 @@ pub struct WriteOptions {
     pub w: Option<u32>,
     /// Deadline of this request in milliseconds (`?timeout_ms=`); the node default when `None`.
     pub timeout_ms: Option<u64>,
+    /// Time to live of a put's value (`?ttl=`, within [`kvapi::ttl::MIN_TTL`]..=
+    /// [`kvapi::ttl::MAX_TTL`], or never); the node's default when `None`. A delete with one is
+    /// refused (400).
+    pub ttl: Option<kvapi::ttl::Expiry>,
 }
 
 impl WriteOptions {
     /// The query string (with its leading `?`, or empty) for these options.
     fn query(&self) -> String {
-        query_string(&[
+        let mut query = query_string(&[
             ("w", self.w.map(u64::from)),
             ("timeout_ms", self.timeout_ms),
-        ])
+        ]);
+        if let Some(ttl) = self.ttl {
+            query.push(if query.is_empty() { '?' } else { '&' });
+            query.push_str(&format!("ttl={ttl}"));
+        }
+        query
     }
 }
 
@@ -822,18 +833,27 @@ mod tests {
         assert_eq!(
             WriteOptions {
                 w: Some(3),
-                timeout_ms: None
+                ..WriteOptions::default()
             }
             .query(),
             "?w=3"
         );
         assert_eq!(
             WriteOptions {
-                w: Some(3),
-                timeout_ms: Some(u64::MAX)
+                ttl: Some(kvapi::ttl::Expiry::After(Duration::from_secs(30))),
+                ..WriteOptions::default()
             }
             .query(),
-            format!("?w=3&timeout_ms={}", u64::MAX)
+            "?ttl=30000ms"
+        );
+        assert_eq!(
+            WriteOptions {
+                w: Some(3),
+                timeout_ms: Some(u64::MAX),
+                ttl: Some(kvapi::ttl::Expiry::After(Duration::from_millis(1500))),
+            }
+            .query(),
+            format!("?w=3&timeout_ms={}&ttl=1500ms", u64::MAX)
         );
         let url = key_url(
             BASE,
@@ -841,6 +861,7 @@ mod tests {
             &WriteOptions {
                 w: Some(2),
                 timeout_ms: Some(10),
+                ttl: Some(kvapi::ttl::Expiry::Never),
             }
             .query(),
         )
@@ -850,7 +871,8 @@ mod tests {
             pairs,
             [
                 ("w".to_owned(), "2".to_owned()),
-                ("timeout_ms".to_owned(), "10".to_owned())
+                ("timeout_ms".to_owned(), "10".to_owned()),
+                ("ttl".to_owned(), "none".to_owned())
             ]
         );
         for (name, _) in &pairs {

@@ -131,6 +131,13 @@ enum Command {
     /// Exits 0 when the value read is the value written and the key is gone after its delete (what
     /// `helm test` runs).
     Check(cmd::check::CheckArgs),
+    /// Follow a key, or every key under a prefix, and print each change
+    ///
+    /// `kvctl watch KEY` long-polls the key (`GET /v1/kv/KEY?wait=`) and prints its value (`deleted`,
+    /// or `siblings: N`) each time it changes; `kvctl watch --prefix P` follows the change feed
+    /// (`GET /v1/watch`) and prints each changed key. Exits 1 when the feed's cursor is gone
+    /// (changes may have been missed: list again).
+    Watch(cmd::watch::WatchArgs),
     /// Print a shell completion script
     ///
     /// For example `kvctl completions bash > /etc/bash_completion.d/kvctl`, or
@@ -182,6 +189,11 @@ struct PutArgs {
     /// Deadline of this request in milliseconds; the node default when absent.
     #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
+
+    /// Time to live of the value (1s..=365days, such as 30s or 2h): from then on it reads as deleted.
+    /// `none` for no expiry; the node's --default-ttl when absent.
+    #[arg(long, value_name = "DURATION", value_parser = kvapi::ttl::parse)]
+    ttl: Option<kvapi::ttl::Expiry>,
 }
 
 /// Arguments of `kvctl delete`.
@@ -291,6 +303,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => cmd::admin::status(&client, args).await,
         Command::Cluster(command) => cmd::cluster::run(&client, command).await,
         Command::Check(args) => cmd::check::run(&client, args).await,
+        Command::Watch(args) => cmd::watch::run(&client, args).await,
         Command::Backup(command) => cmd::backup::run(&client, command).await,
         Command::Up(_) | Command::Bench(_) | Command::Completions { .. } => {
             ExitCode::from(EXIT_REFUSED)
@@ -372,6 +385,7 @@ async fn put(client: &Client, args: PutArgs) -> ExitCode {
     let opts = WriteOptions {
         w: args.w,
         timeout_ms: args.timeout_ms,
+        ttl: args.ttl,
     };
     match client
         .put(&os_bytes(args.key), value, args.context.as_deref(), &opts)
@@ -389,6 +403,7 @@ async fn delete(client: &Client, args: DeleteArgs) -> ExitCode {
     let opts = WriteOptions {
         w: args.w,
         timeout_ms: args.timeout_ms,
+        ..WriteOptions::default()
     };
     match client
         .delete(&os_bytes(args.key), args.context.as_deref(), &opts)

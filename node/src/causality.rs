@@ -6,6 +6,13 @@
 //! to clients. This module owns the algebra only: it never does I/O and never looks at time except
 //! through the timestamps callers pass in.
 //!
+//! Expiry (TTL) is part of a version, not an event of its own: a sibling may carry the absolute time
+//! its value expires, fixed by the coordinator when it made the dot. Every copy of a dot carries the
+//! same expiry, so merge stays a join on dots and needs no clock; whether a sibling is *dead* (a
+//! tombstone, or expired) is a predicate of the sibling and the reader's `now`, monotone in `now`.
+//! A merge never makes a value visible at time `t` that neither side shows at `t`, which is why no
+//! late copy can bring an expired value back.
+//!
 //! Why dots and not a plain vector clock per object: with node actors, two clients writing through one
 //! coordinator with the same context would get clocks where the second dominates the first, silently
 //! dropping a write. Each write here gets a fresh dot, and a write removes exactly the siblings whose dots
@@ -115,12 +122,31 @@ pub struct Sibling {
     /// Wall-clock milliseconds at the coordinator when written (used for tombstone grace, never for
     /// ordering).
     pub written_at_ms: u64,
+    /// Wall-clock milliseconds (the coordinator's clock) from which the value reads as deleted, or
+    /// `None` when it never expires. Fixed with the dot: every copy of the dot carries it.
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Sibling {
     /// True for a tombstone.
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// True when this sibling reads as deleted at `now_ms`: a tombstone, or a value whose expiry has
+    /// come.
+    pub fn is_dead_at(&self, now_ms: u64) -> bool {
+        self.dead_since().is_some_and(|since| since <= now_ms)
+    }
+
+    /// From when this sibling reads as deleted: a tombstone from its write, an expiring value from
+    /// its expiry, a plain value never. Tombstone grace counts from here.
+    pub fn dead_since(&self) -> Option<u64> {
+        if self.is_tombstone() {
+            Some(self.written_at_ms)
+        } else {
+            self.expires_at_ms
+        }
     }
 }
 
@@ -152,6 +178,29 @@ impl SiblingSet {
         self.siblings.is_empty() && self.seen.is_empty()
     }
 
+    /// True when the key holds siblings and every one of them is dead at `now_ms`.
+    pub fn all_dead_at(&self, now_ms: u64) -> bool {
+        !self.siblings.is_empty() && self.siblings.iter().all(|s| s.is_dead_at(now_ms))
+    }
+
+    /// This state as a reader sees it at `now_ms`: each expired value shown as a tombstone of its
+    /// dot. For answers only; what is stored and merged keeps the value and its expiry.
+    pub fn as_seen_at(&self, now_ms: u64) -> SiblingSet {
+        let mut seen = self.clone();
+        for s in &mut seen.siblings {
+            if s.is_dead_at(now_ms) {
+                s.value = None;
+            }
+        }
+        seen
+    }
+
+    /// A state from its parts (decoding older record formats); the siblings are put in dot order.
+    pub(crate) fn from_parts(seen: VersionVector, mut siblings: Vec<Sibling>) -> Self {
+        siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
+        SiblingSet { seen, siblings }
+    }
+
     /// Applies a client write coordinated by `actor`: the siblings that `context` has seen are
     /// superseded, every other sibling survives, and the new version gets a fresh dot.
     ///
@@ -163,6 +212,18 @@ impl SiblingSet {
         actor: &Actor,
         value: Option<Vec<u8>>,
         written_at_ms: u64,
+    ) -> Result<Dot, CausalityError> {
+        self.update_expiring(context, actor, value, written_at_ms, None)
+    }
+
+    /// [`SiblingSet::update`] for a value that reads as deleted from `expires_at_ms` on.
+    pub fn update_expiring(
+        &mut self,
+        context: &VersionVector,
+        actor: &Actor,
+        value: Option<Vec<u8>>,
+        written_at_ms: u64,
+        expires_at_ms: Option<u64>,
     ) -> Result<Dot, CausalityError> {
         let counter = self
             .seen
@@ -186,6 +247,7 @@ impl SiblingSet {
             dot: dot.clone(),
             value,
             written_at_ms,
+            expires_at_ms,
         });
         self.siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
         Ok(dot)
@@ -358,6 +420,9 @@ mod tests {
         WriteWithReadContext { replica: usize, tombstone: bool },
         /// Replica `replica` coordinates a blind write (no context).
         BlindWrite { replica: usize },
+        /// Replica `replica` coordinates a write with its read context that expires `ttl` ticks
+        /// after it is written (each operation is one tick).
+        ExpiringWrite { replica: usize, ttl: u64 },
         /// Replica `to` merges the whole state of replica `from`.
         Sync { from: usize, to: usize },
     }
@@ -369,8 +434,14 @@ mod tests {
             (0..REPLICAS, any::<bool>())
                 .prop_map(|(replica, tombstone)| Op::WriteWithReadContext { replica, tombstone }),
             (0..REPLICAS).prop_map(|replica| Op::BlindWrite { replica }),
+            (0..REPLICAS, 0..8u64).prop_map(|(replica, ttl)| Op::ExpiringWrite { replica, ttl }),
             (0..REPLICAS, 0..REPLICAS).prop_map(|(from, to)| Op::Sync { from, to }),
         ]
+    }
+
+    /// The dots of the values `set` shows at `now`.
+    fn visible(set: &SiblingSet, now: u64) -> Vec<Dot> {
+        set.as_seen_at(now).live().map(|s| s.dot.clone()).collect()
     }
 
     /// Runs a history and returns the replicas' states plus every dot ever written.
@@ -378,7 +449,8 @@ mod tests {
         let mut replicas = vec![SiblingSet::default(); REPLICAS];
         let mut written = Vec::new();
         let mut next_value = 0u32;
-        for op in ops {
+        for (tick, op) in ops.iter().enumerate() {
+            let tick = tick as u64;
             match op {
                 Op::WriteWithReadContext { replica, tombstone } => {
                     let ctx = replicas[*replica].context().clone();
@@ -396,6 +468,22 @@ mod tests {
                     written.push(
                         replicas[*replica]
                             .update(&VersionVector::default(), &actor(*replica as u8), value, 0)
+                            .unwrap(),
+                    );
+                }
+                Op::ExpiringWrite { replica, ttl } => {
+                    let ctx = replicas[*replica].context().clone();
+                    next_value += 1;
+                    let value = Some(next_value.to_be_bytes().to_vec());
+                    written.push(
+                        replicas[*replica]
+                            .update_expiring(
+                                &ctx,
+                                &actor(*replica as u8),
+                                value,
+                                tick,
+                                Some(tick + ttl),
+                            )
                             .unwrap(),
                     );
                 }
@@ -457,6 +545,12 @@ mod tests {
                         let value = (!tombstone).then(|| vec![1]);
                         written.push(replicas[*replica].update(&ctx, &actor(*replica as u8), value, 0).unwrap());
                     }
+                    Op::ExpiringWrite { replica, ttl } => {
+                        let ctx = replicas[*replica].context().clone();
+                        superseded.extend(written.iter().filter(|d| ctx.covers(d)).cloned());
+                        written.push(replicas[*replica].update_expiring(
+                            &ctx, &actor(*replica as u8), Some(vec![3]), 0, Some(*ttl)).unwrap());
+                    }
                     Op::BlindWrite { replica } => {
                         written.push(replicas[*replica].update(
                             &VersionVector::default(), &actor(*replica as u8), Some(vec![2]), 0).unwrap());
@@ -503,5 +597,62 @@ mod tests {
             prop_assert!(after.contains(&dot));
         }
 
+        #[test]
+        fn a_merge_shows_no_value_that_neither_side_shows(
+            ops in prop::collection::vec(op(), 0..40), a in 0..REPLICAS, b in 0..REPLICAS, now in 0..48u64,
+        ) {
+            // The no-resurrection law: whatever copy arrives (a hint, a read repair, an anti-entropy
+            // page), the merged state shows at `now` only values one of the two sides showed at `now`.
+            let (r, _) = run(&ops);
+            let mut merged = r[a].clone();
+            merged.merge(&r[b]);
+            let either: Vec<Dot> = visible(&r[a], now).into_iter().chain(visible(&r[b], now)).collect();
+            for dot in visible(&merged, now) {
+                prop_assert!(either.contains(&dot), "merge revived {:?} at {}", dot, now);
+            }
+        }
+
+        #[test]
+        fn expiry_never_unexpires(
+            ops in prop::collection::vec(op(), 0..40), a in 0..REPLICAS, b in 0..REPLICAS,
+            now in 0..48u64, later in 0..16u64,
+        ) {
+            // A value dead at `now` stays dead at every later time, in its state and in every merge
+            // of that state with another replica's.
+            let (r, _) = run(&ops);
+            let mut merged = r[a].clone();
+            merged.merge(&r[b]);
+            let dead: Vec<Dot> = r[a].siblings().iter().filter(|s| s.is_dead_at(now)).map(|s| s.dot.clone()).collect();
+            for set in [&r[a], &merged] {
+                for dot in visible(set, now + later) {
+                    prop_assert!(!dead.contains(&dot), "{:?} came back at {}", dot, now + later);
+                }
+            }
+            let seen = r[a].as_seen_at(now);
+            prop_assert_eq!(seen.context(), r[a].context(), "expiry keeps the context");
+            prop_assert_eq!(seen.siblings().len(), r[a].siblings().len(), "expiry keeps the dots");
+        }
+    }
+
+    #[test]
+    fn an_expired_value_reads_as_a_tombstone_a_write_with_its_context_supersedes() {
+        let a = actor(0);
+        let mut set = SiblingSet::default();
+        set.update_expiring(
+            &VersionVector::default(),
+            &a,
+            Some(b"x".to_vec()),
+            10,
+            Some(20),
+        )
+        .unwrap();
+        assert_eq!(set.as_seen_at(19).live().count(), 1);
+        assert_eq!(set.as_seen_at(20).live().count(), 0);
+        assert!(set.all_dead_at(20) && !set.all_dead_at(19));
+        assert_eq!(set.siblings()[0].dead_since(), Some(20));
+        let ctx = set.as_seen_at(25).context().clone();
+        set.update(&ctx, &a, Some(b"y".to_vec()), 25).unwrap();
+        assert_eq!(values(&set), vec![Some(b"y".to_vec())]);
+        assert_eq!(set.siblings()[0].dead_since(), None);
     }
 }

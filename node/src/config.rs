@@ -147,6 +147,18 @@ pub struct NodeConfig {
     #[arg(long, env = "KVNODE_MAX_VALUE_BYTES", default_value = "1MiB")]
     pub max_value_bytes: ByteSize,
 
+    /// Time to live of a value written without `?ttl=`: a duration within 1s..=365days, or `none`
+    /// (values never expire). Give every node the same setting: the node that coordinates a write
+    /// applies its own.
+    #[arg(long, env = "KVNODE_DEFAULT_TTL", default_value = kvapi::ttl::NO_TTL,
+          value_parser = kvapi::ttl::parse)]
+    pub default_ttl: kvapi::ttl::Expiry,
+
+    /// Most requests waiting for a change at once (`?wait=` reads and change feeds); past it a
+    /// watch is refused with 429 `too_many_watchers`. Keep it below --max-requests-in-flight.
+    #[arg(long, env = "KVNODE_MAX_WATCHERS", default_value_t = 1024)]
+    pub max_watchers: u32,
+
     /// Most siblings a key may hold; a write past it is refused with 409 and the current context.
     #[arg(long, env = "KVNODE_MAX_SIBLINGS", default_value_t = DEFAULT_MAX_SIBLINGS,
           value_parser = clap::value_parser!(u16).range(1..=4096))]

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::handoff::Handoff;
 use crate::membership::{Membership, View};
 use crate::metrics::{Metrics, Operation};
-use crate::replica::Replica;
+use crate::replica::{Mutation, Replica};
 use crate::ring::partition_of;
 use crate::rpc::{RequestBody, ResponseBody, RpcClient, remaining};
 use crate::storage::hints::Hint;
@@ -185,7 +185,7 @@ impl Coordinator {
         &self,
         key: Arc<[u8]>,
         context: VersionVector,
-        value: Option<Vec<u8>>,
+        mutation: Mutation,
         w: Option<u32>,
         deadline: Instant,
         forwarded: bool,
@@ -201,17 +201,17 @@ impl Coordinator {
                 )));
             }
             return self
-                .forward_write(&owners, key, context, value, w, deadline)
+                .forward_write(&owners, key, context, mutation, w, deadline)
                 .await;
         }
         let mut tally = Tally::new(view.replica_sets(partition), w.unwrap_or(view.config.w));
-        let operation = match value {
+        let operation = match mutation.value {
             Some(_) => Operation::Put,
             None => Operation::Delete,
         };
         let state = self
             .replica
-            .write(partition, key.clone(), context, value)
+            .write(partition, key.clone(), context, mutation)
             .await?;
         tally.ack(me);
         let fallbacks: Vec<String> = if view.config.sloppy_quorum {
@@ -276,7 +276,7 @@ impl Coordinator {
         replicas: &[String],
         key: Arc<[u8]>,
         context: VersionVector,
-        value: Option<Vec<u8>>,
+        mutation: Mutation,
         w: Option<u32>,
         deadline: Instant,
     ) -> Result<Arc<SiblingSet>, Error> {
@@ -291,9 +291,10 @@ impl Coordinator {
             let body = RequestBody::Coordinate {
                 key: key.to_vec(),
                 context: context.clone(),
-                value: value.clone(),
+                value: mutation.value.clone(),
                 w,
                 timeout_ms: remaining(deadline).as_millis() as u64,
+                ttl_ms: mutation.ttl.map(|ttl| ttl.as_millis() as u64),
             };
             match self.rpc.call(replica, body, remaining(deadline)).await {
                 Ok(ResponseBody::State(set)) => return Ok(Arc::new(set)),

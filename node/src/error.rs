@@ -136,6 +136,13 @@ pub enum Error {
     /// A backup or restore failed on its object store (a bad target is [`Error::BadConfig`]).
     #[error("backup: {0}")]
     Backup(kvbackup::Error),
+    /// Every watcher place of this node (`--max-watchers`) is taken.
+    #[error("this node already serves its maximum of {0} watchers; retry later or on another node")]
+    TooManyWatchers(usize),
+    /// A change-feed cursor is of a restarted node or older than its change log keeps: changes may
+    /// be missing, so the caller must list again and start a new feed.
+    #[error("cursor too old: {0}; list the prefix again and start a new feed from its cursor")]
+    CursorGone(String),
     /// A broken invariant or a failed background task.
     #[error("internal error: {0}")]
     Internal(String),

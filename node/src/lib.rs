@@ -23,6 +23,7 @@ pub mod rpc;
 pub mod storage;
 pub mod supervisor;
 pub mod tls;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -192,6 +193,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         membership.clone(),
         rpc.clone(),
     ));
+    let watchers = watch::Watchers::new(config.max_watchers as usize, metrics.clone());
     let node = Arc::new(Node {
         coordinator: Coordinator::new(
             membership.clone(),
@@ -207,6 +209,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         transfers,
         metrics,
         max_value_bytes,
+        default_ttl: config.default_ttl.duration(),
+        watchers,
         request_timeout: *config.request_timeout,
         body_read_timeout: *config.body_read_timeout,
         max_peer_message_bytes,

@@ -3,10 +3,11 @@
 //! A write is a read-modify-write of the key's sibling set. It runs under one of a fixed array of
 //! striped mutexes, so two writes of one key never interleave, while the blocking RocksDB work runs on
 //! tokio's blocking pool. No lock is ever held across an await. A cache hit is served on the async
-//! thread without touching RocksDB or the blocking pool.
+//! thread without touching RocksDB or the blocking pool. Every stored change of a key is recorded in
+//! the node's change log (`watch`), which wakes the requests waiting for one.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
@@ -15,9 +16,37 @@ use crate::context_token::ContextKeys;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::storage::Storage;
+use crate::watch::{ChangeLog, DEFAULT_LOG_ENTRIES};
 
 /// Number of lock stripes: enough that unrelated keys rarely contend.
 const LOCK_STRIPES: usize = 1024;
+
+/// What a client write stores: a value, which may expire, or a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mutation {
+    /// The value, `None` for a delete.
+    pub value: Option<Vec<u8>>,
+    /// How long after the write the value reads as deleted; `None` never.
+    pub ttl: Option<Duration>,
+}
+
+impl Mutation {
+    /// Stores `value`, expiring `ttl` after the write when given.
+    pub fn put(value: Vec<u8>, ttl: Option<Duration>) -> Self {
+        Mutation {
+            value: Some(value),
+            ttl,
+        }
+    }
+
+    /// Deletes the key (leaves a tombstone).
+    pub fn delete() -> Self {
+        Mutation {
+            value: None,
+            ttl: None,
+        }
+    }
+}
 
 /// This node's replica of the data.
 pub struct Replica {
@@ -27,6 +56,7 @@ pub struct Replica {
     contexts: Arc<ContextKeys>,
     stripes: Vec<Mutex<()>>,
     metrics: Arc<Metrics>,
+    changes: ChangeLog,
 }
 
 impl Replica {
@@ -48,6 +78,7 @@ impl Replica {
             contexts,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             metrics,
+            changes: ChangeLog::new(DEFAULT_LOG_ENTRIES),
         }
     }
 
@@ -71,14 +102,15 @@ impl Replica {
         .await?
     }
 
-    /// Coordinates a client write (`value` `None` for a delete) that has seen `context`, and returns
-    /// the key's new state.
+    /// Coordinates a client write that has seen `context`, and returns the key's new state. An
+    /// expiring value gets its absolute expiry here, from this node's clock, with its dot: every
+    /// copy of the version carries the same expiry.
     pub async fn write(
         self: &Arc<Self>,
         partition: u16,
         key: Arc<[u8]>,
         context: VersionVector,
-        value: Option<Vec<u8>>,
+        mutation: Mutation,
     ) -> Result<Arc<SiblingSet>, Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -94,9 +126,14 @@ impl Replica {
                 });
             }
             let mut next = SiblingSet::clone(&current);
-            next.update(&context, &this.actor, value, now_ms())?;
+            let now = now_ms();
+            let expires_at = mutation
+                .ttl
+                .map(|ttl| now.saturating_add(ttl.as_millis() as u64));
+            next.update_expiring(&context, &this.actor, mutation.value, now, expires_at)?;
             let next = Arc::new(next);
             this.storage.store(partition, &key, next.clone())?;
+            this.changes.record(&key);
             Ok(next)
         })
         .await?
@@ -122,6 +159,7 @@ impl Replica {
             this.check_bounds(&merged)?;
             let merged = Arc::new(merged);
             this.storage.store(partition, &key, merged.clone())?;
+            this.changes.record(&key);
             Ok(merged)
         })
         .await?
@@ -151,6 +189,7 @@ impl Replica {
                     continue;
                 }
                 this.storage.store(partition, &key, Arc::new(merged))?;
+                this.changes.record(&key);
                 changed += 1;
             }
             Ok(changed)
@@ -158,9 +197,10 @@ impl Replica {
         .await?
     }
 
-    /// Deletes the keys of `partition` whose state is still exactly the tombstones that `context`
-    /// names (tombstone garbage collection), and returns how many were deleted. A key written since
-    /// has a different context and is kept.
+    /// Deletes the keys of `partition` whose state is still exactly the dead siblings (tombstones
+    /// and expired values, by this node's clock) that `context` names (tombstone garbage
+    /// collection), and returns how many were deleted. A key written since has a different context
+    /// and is kept; so is one whose value has not expired yet by this node's clock.
     pub async fn purge_tombstones(
         self: &Arc<Self>,
         partition: u16,
@@ -172,9 +212,7 @@ impl Replica {
             for (key, context) in keys {
                 let _guard = this.stripe(&key).lock();
                 let current = this.storage.load(partition, &key)?;
-                let only_tombstones = !current.siblings().is_empty()
-                    && current.siblings().iter().all(|s| s.is_tombstone());
-                if only_tombstones && *current.context() == context {
+                if current.all_dead_at(now_ms()) && *current.context() == context {
                     this.storage.remove(partition, &key)?;
                     purged += 1;
                 }
@@ -182,6 +220,11 @@ impl Replica {
             Ok(purged)
         })
         .await?
+    }
+
+    /// The log of the keys whose stored state changed here.
+    pub fn changes(&self) -> &ChangeLog {
+        &self.changes
     }
 
     /// The keys that issue and check context tokens.
@@ -231,7 +274,8 @@ impl Replica {
     }
 }
 
-fn now_ms() -> u64 {
+/// This node's wall clock in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -269,7 +313,12 @@ mod tests {
             let key = key.clone();
             tokio::spawn(async move {
                 replica
-                    .write(0, key, VersionVector::default(), Some(vec![i]))
+                    .write(
+                        0,
+                        key,
+                        VersionVector::default(),
+                        Mutation::put(vec![i], None),
+                    )
                     .await
             })
         });
@@ -286,12 +335,22 @@ mod tests {
         let key: Arc<[u8]> = Arc::from(&b"k"[..]);
         for i in 0..2u8 {
             replica
-                .write(0, key.clone(), VersionVector::default(), Some(vec![i]))
+                .write(
+                    0,
+                    key.clone(),
+                    VersionVector::default(),
+                    Mutation::put(vec![i], None),
+                )
                 .await
                 .unwrap();
         }
         let refused = replica
-            .write(0, key.clone(), VersionVector::default(), Some(vec![9]))
+            .write(
+                0,
+                key.clone(),
+                VersionVector::default(),
+                Mutation::put(vec![9], None),
+            )
             .await;
         assert!(matches!(
             refused,
@@ -307,7 +366,10 @@ mod tests {
             .unwrap()
             .context()
             .clone();
-        let resolved = replica.write(0, key, ctx, Some(vec![7])).await.unwrap();
+        let resolved = replica
+            .write(0, key, ctx, Mutation::put(vec![7], None))
+            .await
+            .unwrap();
         assert_eq!(resolved.siblings().len(), 1);
     }
 
@@ -317,7 +379,12 @@ mod tests {
         let replica = replica(dir.path(), 2);
         let key: Arc<[u8]> = Arc::from(&b"k"[..]);
         replica
-            .write(0, key.clone(), VersionVector::default(), Some(vec![1]))
+            .write(
+                0,
+                key.clone(),
+                VersionVector::default(),
+                Mutation::put(vec![1], None),
+            )
             .await
             .unwrap();
         let mut remote = SiblingSet::default();

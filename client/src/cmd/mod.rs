@@ -1,5 +1,5 @@
 //! The subcommands of `kvctl` beyond get/put/delete: `up`, `ring`, `status`,
-//! `cluster`, `backup`, `bench` and `check`.
+//! `cluster`, `backup`, `bench`, `check` and `watch`.
 
 pub(crate) mod admin;
 pub(crate) mod backup;
@@ -7,3 +7,4 @@ pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod cluster;
 pub(crate) mod up;
+pub(crate) mod watch;

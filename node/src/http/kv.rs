@@ -1,4 +1,7 @@
 //! The public key-value routes: `GET`, `PUT` and `DELETE /v1/kv/{key}`.
+//!
+//! A read is answered as of this node's clock: a value whose expiry has come reads as a tombstone of
+//! its dot (404 with the context when nothing else is live), so a writer can still supersede it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,12 +18,17 @@ use crate::causality::{SiblingSet, VersionVector};
 use crate::context_token::{ContextError, ContextKeys};
 use crate::error::Error;
 use crate::metrics::Operation;
+use crate::replica::{Mutation, now_ms};
 
 /// Query parameters of a key-value request, validated.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct KvParams {
     quorum: Option<u32>,
     timeout: Option<Duration>,
+    /// `?ttl=`; the node's default when absent.
+    ttl: Option<kvapi::ttl::Expiry>,
+    /// `?wait=`: answer once the key changes from the request's context, within this long.
+    wait: Option<Duration>,
 }
 
 pub(super) async fn kv(State(node): State<Arc<Node>>, request: Request) -> Response {
@@ -56,21 +64,45 @@ async fn handle_kv(node: &Node, operation: Operation, request: Request) -> Resul
     let replication = node.membership.view().config.n;
     let params = parse_params(request.uri().query(), operation, replication)?;
     let timeout = params.timeout.unwrap_or(node.request_timeout);
-    let deadline = tokio::time::Instant::now() + timeout;
+    // A watch waits, then reads once more within the request's own deadline.
+    let deadline = tokio::time::Instant::now() + timeout + params.wait.unwrap_or_default();
     let work = async {
         match operation {
             Operation::Get => {
                 let wants_json = accepts_json(request.headers());
-                get(node, key, params.quorum, deadline, wants_json).await
+                match params.wait {
+                    Some(wait) => {
+                        let seen = parse_context(node.replica.contexts(), &key, request.headers())?;
+                        let watch = super::watch::KeyWatch {
+                            key,
+                            seen,
+                            r: params.quorum,
+                            wait,
+                            read_timeout: timeout,
+                        };
+                        super::watch::watch_key(node, watch, wants_json).await
+                    }
+                    None => get(node, key, params.quorum, deadline, wants_json).await,
+                }
             }
             Operation::Put => {
                 let context = parse_context(node.replica.contexts(), &key, request.headers())?;
                 let value = read_value(node, request, node.max_value_bytes).await?;
-                write(node, key, context, Some(value), params.quorum, deadline).await
+                let ttl = params.ttl.map_or(node.default_ttl, |e| e.duration());
+                let mutation = Mutation::put(value, ttl);
+                write(node, key, context, mutation, params.quorum, deadline).await
             }
             Operation::Delete => {
                 let context = parse_context(node.replica.contexts(), &key, request.headers())?;
-                write(node, key, context, None, params.quorum, deadline).await
+                write(
+                    node,
+                    key,
+                    context,
+                    Mutation::delete(),
+                    params.quorum,
+                    deadline,
+                )
+                .await
             }
         }
     };
@@ -86,15 +118,24 @@ async fn get(
     deadline: tokio::time::Instant,
     wants_json: bool,
 ) -> Result<Response, Error> {
-    let set = node.coordinator.read(key.clone(), r, deadline).await?;
-    let context = node.replica.contexts().encode(&key, set.context());
+    let set = node
+        .coordinator
+        .read(key.clone(), r, deadline)
+        .await?
+        .as_seen_at(now_ms());
+    Ok(read_answer(node, &key, &set, wants_json))
+}
+
+/// The answer to a read that found `set` (already as seen at the read's time).
+pub(super) fn read_answer(node: &Node, key: &[u8], set: &SiblingSet, wants_json: bool) -> Response {
+    let context = node.replica.contexts().encode(key, set.context());
     if set.live().next().is_none() {
         // Absent, or only tombstones: the context of a deleted key still matters to a writer.
         let mut response = error_response(&Error::KeyNotFound);
         if !set.is_empty() {
             insert_context(response.headers_mut(), &context);
         }
-        return Ok(response);
+        return response;
     }
     node.metrics
         .read_siblings
@@ -108,7 +149,7 @@ async fn get(
                 HeaderValue::from_static("application/octet-stream"),
             );
             insert_context(response.headers_mut(), &context);
-            Ok(response)
+            response
         }
         (siblings, _) => {
             let status = if siblings.len() == 1 {
@@ -117,9 +158,9 @@ async fn get(
                 StatusCode::MULTIPLE_CHOICES
             };
             let mut response =
-                (status, axum::Json(read_response(&set, context.clone()))).into_response();
+                (status, axum::Json(read_response(set, context.clone()))).into_response();
             insert_context(response.headers_mut(), &context);
-            Ok(response)
+            response
         }
     }
 }
@@ -128,13 +169,13 @@ async fn write(
     node: &Node,
     key: Arc<[u8]>,
     context: VersionVector,
-    value: Option<Vec<u8>>,
+    mutation: Mutation,
     w: Option<u32>,
     deadline: tokio::time::Instant,
 ) -> Result<Response, Error> {
     let set = node
         .coordinator
-        .write(key.clone(), context, value, w, deadline, false)
+        .write(key.clone(), context, mutation, w, deadline, false)
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     let context = node.replica.contexts().encode(&key, set.context());
@@ -226,7 +267,11 @@ fn parse_params(
                 }
                 params.timeout = Some(Duration::from_millis(ms));
             }
-            ("r" | "w", _) => {
+            ("ttl", Operation::Put) => {
+                params.ttl = Some(kvapi::ttl::parse(value).map_err(Error::BadParameter)?);
+            }
+            ("wait", Operation::Get) => params.wait = Some(super::watch::parse_wait(value)?),
+            ("r" | "w" | "ttl" | "wait", _) => {
                 return Err(Error::BadParameter(format!(
                     "{name} does not apply to {}",
                     operation.label()
@@ -298,7 +343,21 @@ mod tests {
             KvParams {
                 quorum: Some(3),
                 timeout: Some(Duration::from_millis(250)),
+                ttl: None,
+                wait: None,
             }
+        );
+        assert_eq!(
+            ok("wait=30s", Get).unwrap().wait,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            ok("ttl=30s", Put).unwrap().ttl,
+            Some(kvapi::ttl::Expiry::After(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            ok("ttl=none", Put).unwrap().ttl,
+            Some(kvapi::ttl::Expiry::Never)
         );
         assert_eq!(parse_params(None, Delete, 3).unwrap(), KvParams::default());
         for (q, op) in [
@@ -311,6 +370,15 @@ mod tests {
             ("timeout_ms=60001", Put),
             ("colour=red", Get),
             ("r=1&r=1", Get),
+            ("ttl=30s", Get),
+            ("ttl=30s", Delete),
+            ("ttl=0s", Put),
+            ("ttl=soon", Put),
+            ("ttl=400days", Put),
+            ("wait=30s", Put),
+            ("wait=61s", Get),
+            ("wait=0s", Get),
+            ("wait=x", Get),
         ] {
             assert!(
                 matches!(ok(q, op), Err(Error::BadParameter(_))),

@@ -15,6 +15,7 @@ mod in_flight;
 mod kv;
 mod peer;
 mod peer_checks;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -78,6 +79,10 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Largest accepted value, in bytes.
     pub max_value_bytes: usize,
+    /// Time to live of a value written without `?ttl=`.
+    pub default_ttl: Option<Duration>,
+    /// The cap on requests waiting for a change.
+    pub watchers: crate::watch::Watchers,
     /// Deadline of a request that names none.
     pub request_timeout: Duration,
     /// Time any request body may take to arrive.
@@ -121,6 +126,7 @@ pub fn routers(node: Arc<Node>) -> (Router, Router) {
         .route("/v1/kv", any(kv::kv))
         .route("/v1/kv/", any(kv::kv))
         .route("/v1/kv/{*key}", any(kv::kv))
+        .route(kvapi::watch::WATCH, any(watch::feed))
         .route(kvapi::HEALTH_LIVE, any(admin::live))
         .route(kvapi::HEALTH_READY, any(admin::ready))
         .route(kvapi::METRICS, any(admin::metrics))
@@ -321,6 +327,8 @@ fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
         Error::ValueTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::VALUE_TOO_LARGE),
         Error::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::RECORD_TOO_LARGE),
         Error::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, codes::BODY_TIMEOUT),
+        Error::TooManyWatchers(_) => (StatusCode::TOO_MANY_REQUESTS, codes::TOO_MANY_WATCHERS),
+        Error::CursorGone(_) => (StatusCode::GONE, codes::CURSOR_GONE),
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, codes::DEADLINE_EXCEEDED),
         Error::QuorumNotReached { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, codes::QUORUM_NOT_REACHED)

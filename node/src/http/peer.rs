@@ -12,6 +12,7 @@ use super::peer_checks::{self, Refusal};
 use super::{MAX_TIMEOUT_MS, Node, error_parts, error_response, read_value};
 use crate::causality::SiblingSet;
 use crate::error::Error;
+use crate::replica::Mutation;
 use crate::rpc::{self, RequestBody, ResponseBody, RpcRequest, RpcResponse};
 
 /// `POST /internal/v1/rpc`: one peer message in, one answer out.
@@ -138,6 +139,11 @@ async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
             let (epoch, done) = node.transfers.progress();
             Ok(ResponseBody::Progress { epoch, done })
         }
+        body @ RequestBody::Changes { .. } => {
+            super::watch::local_changes(node.replica.changes(), body)
+                .await
+                .map(|(keys, position)| ResponseBody::Changes { keys, position })
+        }
         RequestBody::HintsPending { partition } => Ok(ResponseBody::HintsPending(
             node.replica.storage().hints_pending_in(partition),
         )),
@@ -147,11 +153,16 @@ async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
             value,
             w,
             timeout_ms,
+            ttl_ms,
         } => {
             let deadline =
                 tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS));
+            let mutation = Mutation {
+                value,
+                ttl: ttl_ms.map(Duration::from_millis),
+            };
             node.coordinator
-                .write(key.into(), context, value, w, deadline, true)
+                .write(key.into(), context, mutation, w, deadline, true)
                 .await
                 .map(|set| ResponseBody::State(SiblingSet::clone(&set)))
         }

@@ -6,14 +6,16 @@
 //! - `epoch_jump`: the sender's epoch is more than [`MAX_EPOCH_JUMP`] past ours;
 //! - `not_member`: the sender is not a member of the current ring or the one being left, for every
 //!   message but those a non-member sends in normal operation: `Ping` and `FetchConfig` (a node
-//!   behind or removed catches up with them), `Read`, `Coordinate` and `Merge` (any node coordinates
-//!   reads and forwards writes, and repairs what it read), `DeliverHints` (a removed member hands off
+//!   behind or removed catches up with them), `Read`, `Changes`, `Coordinate` and `Merge` (any node
+//!   coordinates reads and feeds and forwards writes, and repairs what it read), `DeliverHints` (a removed member hands off
 //!   the hints it still holds);
 //! - `partition`: a partition outside the ring's partition count;
 //! - `key`: a key that is empty, longer than [`MAX_KEY_BYTES`], or not of the partition it is sent
 //!   with (keys are stored under their partition, so a mislabelled key would be unreachable);
 //! - `segment`: a Merkle segment outside `0..SEGMENTS`, or more segments than there are;
-//! - `value`, `quorum`: a forwarded write's value above the value limit, or its `w` outside 1..=N;
+//! - `value`, `quorum`, `ttl`: a forwarded write's value above the value limit, its `w` outside
+//!   1..=N, or its ttl outside the `?ttl=` bounds (or on a delete);
+//! - `changes`: a change-feed request whose prefix, wait or limit is past the feed's bounds;
 //! - `hint_target`: a hint for something that is not a member id, not a member, or this node;
 //! - `not_owner`: delivered hints of a partition this node does not hold, or a tombstone purge for
 //!   a partition that the sender and this node do not both hold in the settled current ring.
@@ -71,8 +73,23 @@ pub(super) fn check(
         RequestBody::Read { partition, key } | RequestBody::Merge { partition, key, .. } => {
             keyed(partitions, *partition, key)
         }
-        RequestBody::Coordinate { key, value, w, .. } => {
+        RequestBody::Coordinate {
+            key,
+            value,
+            w,
+            ttl_ms,
+            ..
+        } => {
             key_length(key)?;
+            if let Some(ms) = ttl_ms {
+                let ttl = std::time::Duration::from_millis(*ms);
+                if value.is_none() || !(kvapi::ttl::MIN_TTL..=kvapi::ttl::MAX_TTL).contains(&ttl) {
+                    return Err(refuse(
+                        "ttl",
+                        format!("ttl of {ms} ms is outside the bounds, or given for a delete"),
+                    ));
+                }
+            }
             if let Some(value) = value
                 && value.len() > max_value_bytes
             {
@@ -131,6 +148,24 @@ pub(super) fn check(
                 .as_ref()
                 .map_or(Ok(()), |key| keyed(partitions, *partition, key))
         }
+        RequestBody::Changes {
+            prefix,
+            wait_ms,
+            limit,
+            ..
+        } => {
+            let bounded = prefix.len() <= MAX_KEY_BYTES
+                && *wait_ms <= kvapi::watch::MAX_WAIT.as_millis() as u64
+                && *limit as usize <= kvapi::watch::MAX_FEED_KEYS;
+            if bounded {
+                Ok(())
+            } else {
+                Err(refuse(
+                    "changes",
+                    "a changes request past the prefix, wait or limit bounds".to_string(),
+                ))
+            }
+        }
         RequestBody::MergeBatch { partition, records } => records
             .iter()
             .try_for_each(|(key, _)| keyed(partitions, *partition, key)),
@@ -159,6 +194,7 @@ fn needs_member(body: &RequestBody) -> bool {
         RequestBody::Ping
             | RequestBody::FetchConfig
             | RequestBody::Read { .. }
+            | RequestBody::Changes { .. }
             | RequestBody::Coordinate { .. }
             | RequestBody::Merge { .. }
             | RequestBody::DeliverHints(_)
@@ -329,6 +365,7 @@ mod tests {
             value,
             w,
             timeout_ms: 1,
+            ttl_ms: None,
         };
         assert_eq!(
             reason(&v, "kv-1", 5, coordinate(Some(2), Some(vec![0; 1024]))),
@@ -342,6 +379,30 @@ mod tests {
             reason(&v, "kv-1", 5, coordinate(None, Some(vec![0; 1025]))),
             Some("value")
         );
+        let with_ttl = |ttl_ms, value| match coordinate(None, value) {
+            RequestBody::Coordinate {
+                key,
+                context,
+                value,
+                w,
+                timeout_ms,
+                ..
+            } => RequestBody::Coordinate {
+                key,
+                context,
+                value,
+                w,
+                timeout_ms,
+                ttl_ms: Some(ttl_ms),
+            },
+            other => other,
+        };
+        assert_eq!(reason(&v, "kv-1", 5, with_ttl(1000, Some(vec![1]))), None);
+        assert_eq!(
+            reason(&v, "kv-1", 5, with_ttl(999, Some(vec![1]))),
+            Some("ttl")
+        );
+        assert_eq!(reason(&v, "kv-1", 5, with_ttl(1000, None)), Some("ttl"));
     }
 
     #[test]

@@ -94,8 +94,12 @@ pub struct Metrics {
     pub transfer_partitions_gained: IntGauge,
     /// Of those, the partitions it still has to receive.
     pub transfer_partitions_pending: IntGauge,
-    /// Tombstones purged after every owner held them for the grace period.
+    /// Tombstones and expired values purged after every owner held them for the grace period.
     pub tombstones_purged: IntCounter,
+    /// Requests waiting for a change (key watches and change feeds).
+    pub watchers: IntGauge,
+    /// Watch requests refused because `--max-watchers` were waiting.
+    pub watchers_refused: IntCounter,
     /// Hints refused because their target reached a cap, by `cap` (count, bytes).
     pub hints_refused: IntCounterVec,
     /// Hints dropped unsent after `--hint-ttl`.
@@ -307,7 +311,16 @@ impl Metrics {
             tombstones_purged: counter(
                 &r,
                 "kv_tombstones_purged_total",
-                "Tombstones purged after every owner held them for the grace period.",
+                "Tombstones and expired values purged after every owner held them for the grace period.",
+            )?,
+            watchers: reg(
+                &r,
+                IntGauge::new("kv_watchers", "Requests waiting for a change."),
+            )?,
+            watchers_refused: counter(
+                &r,
+                "kv_watchers_refused_total",
+                "Watch requests refused because --max-watchers were waiting.",
             )?,
             hints_refused: counter_vec(
                 &r,

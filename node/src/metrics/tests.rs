@@ -52,6 +52,8 @@ fn every_metric_is_exposed_with_its_name() {
         "kv_transfer_partitions_gained",
         "kv_transfer_partitions_pending",
         "kv_tombstones_purged_total",
+        "kv_watchers 0",
+        "kv_watchers_refused_total 0",
         "kv_hints_expired_total",
         "kv_hints_corrupt_total",
         "kv_requests_rejected_total{reason=\"in_flight\"} 1",

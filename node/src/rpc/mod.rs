@@ -33,7 +33,7 @@ use crate::tls::{PeerTls, Reloading};
 /// Route of peer RPC.
 pub const RPC_PATH: &str = "/internal/v1/rpc";
 /// Current message format version.
-pub const RPC_VERSION: u8 = 1;
+pub const RPC_VERSION: u8 = 2;
 /// Most record bytes (keys included) one batch message carries before its last record: a
 /// `FetchSegments` answer (a peer's budget is honoured up to this), a `MergeBatch` page or a
 /// `DeliverHints` batch. The last record may overrun it.
@@ -101,6 +101,8 @@ pub enum RequestBody {
         w: Option<u32>,
         /// Time left of the client's deadline, in milliseconds.
         timeout_ms: u64,
+        /// The value expires this long after the write (the coordinator fixes when).
+        ttl_ms: Option<u64>,
     },
     /// Hold this state of `key` for `target`, which could not take it (sloppy quorum).
     StoreHint {
@@ -151,6 +153,18 @@ pub enum RequestBody {
         /// The partition.
         partition: u16,
     },
+    /// Send me the keys under `prefix` your change log holds after `after` (your head when
+    /// `None`), at most `limit`, waiting up to `wait_ms` for the first (the change feed).
+    Changes {
+        /// Key prefix.
+        prefix: Vec<u8>,
+        /// Position to resume after.
+        after: Option<crate::watch::Position>,
+        /// Longest wait for a change, in milliseconds.
+        wait_ms: u64,
+        /// Most keys in the answer.
+        limit: u32,
+    },
 }
 
 impl RequestBody {
@@ -170,6 +184,7 @@ impl RequestBody {
             RequestBody::PurgeTombstones { .. } => "purge_tombstones",
             RequestBody::TransferProgress => "transfer_progress",
             RequestBody::HintsPending { .. } => "hints_pending",
+            RequestBody::Changes { .. } => "changes",
         }
     }
 }
@@ -223,6 +238,13 @@ pub enum ResponseBody {
     /// Answer to `HintsPending`: how many hints the receiver holds for the partition. (New variants
     /// go last: postcard numbers variants by position.)
     HintsPending(u64),
+    /// Answer to `Changes`: the changed keys and the position after them.
+    Changes {
+        /// Keys that changed, in log order (repeats possible).
+        keys: Vec<Vec<u8>>,
+        /// Position after the last key returned.
+        position: crate::watch::Position,
+    },
 }
 
 /// Carries a type of the public JSON contract (`kvapi`) inside a postcard message as its JSON text:

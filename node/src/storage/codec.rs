@@ -1,16 +1,23 @@
 //! On-disk encoding of sibling sets: one format-version byte, then the postcard encoding.
 //!
+//! Format 2 (current) adds each sibling's expiry; format 1 records still decode (see `legacy`).
+//!
 //! Decoding is total: any byte string either decodes to a sibling set or yields
 //! [`CodecError`], never a panic. postcard caps pre-allocation by the input length, so hostile lengths
 //! cannot make it allocate without bound.
 
+use serde::de::DeserializeOwned;
+
 use crate::causality::SiblingSet;
+use crate::storage::legacy::SiblingSetV1;
 
 /// Current record format. A reader refuses versions it does not know rather than misreading them.
-const RECORD_FORMAT_VERSION: u8 = 1;
+const RECORD_FORMAT_VERSION: u8 = 2;
+/// The format before siblings carried an expiry; still read.
+const RECORD_FORMAT_V1: u8 = 1;
 
 /// Bytes one sibling may take beyond its value: its dot (an actor name of up to ~400 bytes and a
-/// counter), the value's tag and length, and its timestamp.
+/// counter), the value's tag and length, its timestamp and its expiry.
 pub const SIBLING_SLACK_BYTES: usize = 512;
 /// Bytes the record's version vector and header may take: hundreds of actors.
 pub const VECTOR_SLACK_BYTES: usize = 64 * 1024;
@@ -49,10 +56,29 @@ pub fn encode(set: &SiblingSet) -> Vec<u8> {
 /// Decodes a stored record.
 pub fn decode(bytes: &[u8]) -> Result<SiblingSet, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != RECORD_FORMAT_VERSION {
-        return Err(CodecError::UnknownVersion(version));
+    match version {
+        RECORD_FORMAT_VERSION => decode_body(body),
+        RECORD_FORMAT_V1 => decode_body::<SiblingSetV1>(body).map(SiblingSet::from),
+        other => Err(CodecError::UnknownVersion(other)),
     }
-    let (set, rest): (SiblingSet, &[u8]) =
+}
+
+/// The record in the current format: `bytes` itself when it is (or does not decode), else
+/// re-encoded, so a replica that still stores a format-1 record hashes it as one that stores the same
+/// state in format 2 does.
+pub fn canonical(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if bytes.first() == Some(&RECORD_FORMAT_VERSION) {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    match decode(bytes) {
+        Ok(set) => std::borrow::Cow::Owned(encode(&set)),
+        Err(_) => std::borrow::Cow::Borrowed(bytes),
+    }
+}
+
+/// Decodes a postcard body that must be exactly one `T`.
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let (value, rest): (T, &[u8]) =
         postcard::take_from_bytes(body).map_err(|e| CodecError::Corrupt(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CodecError::Corrupt(format!(
@@ -60,7 +86,7 @@ pub fn decode(bytes: &[u8]) -> Result<SiblingSet, CodecError> {
             rest.len()
         )));
     }
-    Ok(set)
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -106,11 +132,51 @@ mod tests {
     }
 
     #[test]
+    fn format_1_records_decode_as_values_that_never_expire() {
+        // A format-1 record of one sibling, as the previous release wrote it: version byte, vector
+        // {"kv-0.00000007": 1}, one sibling (dot, value "v", written at 42).
+        let actor = b"kv-0.00000007";
+        let mut old = vec![1, 1, actor.len() as u8];
+        old.extend_from_slice(actor);
+        old.extend_from_slice(&[1, 1, actor.len() as u8]);
+        old.extend_from_slice(actor);
+        old.extend_from_slice(&[1, 1, 1, b'v', 42]);
+        let set = decode(&old).unwrap();
+        let only = &set.siblings()[0];
+        assert_eq!(only.value.as_deref(), Some(&b"v"[..]));
+        assert_eq!((only.written_at_ms, only.expires_at_ms), (42, None));
+        assert_eq!(set.context().get(&Actor::new("kv-0", 7)), 1);
+        assert_eq!(decode(&encode(&set)).unwrap(), set, "rewritten in format 2");
+        assert_eq!(
+            canonical(&old).into_owned(),
+            encode(&set),
+            "hashed as format 2"
+        );
+        let current = encode(&set);
+        assert!(matches!(canonical(&current), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(canonical(&[9, 9]), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn expiry_round_trips() {
+        let mut set = sample();
+        set.update_expiring(
+            &VersionVector::default(),
+            &Actor::new("kv-1", 1),
+            Some(b"t".to_vec()),
+            1,
+            Some(u64::MAX),
+        )
+        .unwrap();
+        assert_eq!(decode(&encode(&set)).unwrap(), set);
+    }
+
+    #[test]
     fn corrupt_records_are_errors() {
         assert_eq!(decode(&[]), Err(CodecError::Empty));
-        assert_eq!(decode(&[2, 0]), Err(CodecError::UnknownVersion(2)));
+        assert_eq!(decode(&[3, 0]), Err(CodecError::UnknownVersion(3)));
         assert!(matches!(
-            decode(b"\x01garbage"),
+            decode(b"\x02garbage"),
             Err(CodecError::Corrupt(_))
         ));
         let mut truncated = encode(&sample());

@@ -23,7 +23,10 @@ use crate::causality::SiblingSet;
 use crate::error::Error;
 use crate::metrics::Metrics;
 
-const HINT_FORMAT_VERSION: u8 = 1;
+/// Current hint format: format 2 records inside (siblings with their expiry).
+const HINT_FORMAT_VERSION: u8 = 2;
+/// Hints stored before siblings carried an expiry; still read, so an upgrade drops none.
+const HINT_FORMAT_V1: u8 = 1;
 /// Bytes of a stored hint beside its key and record: format byte, partition and key length.
 const HINT_HEADER_BYTES: usize = 8;
 
@@ -360,6 +363,9 @@ fn split_hint_key(key: &[u8]) -> Result<(String, u64), Error> {
 pub(super) fn decode_hint(bytes: &[u8]) -> Result<Hint, Error> {
     match bytes.split_first() {
         Some((&HINT_FORMAT_VERSION, body)) => postcard::from_bytes(body)
+            .map_err(|e| Error::Corrupt(format!("hint does not decode: {e}"))),
+        Some((&HINT_FORMAT_V1, body)) => postcard::from_bytes::<super::legacy::HintV1>(body)
+            .map(Hint::from)
             .map_err(|e| Error::Corrupt(format!("hint does not decode: {e}"))),
         Some((version, _)) => Err(Error::Corrupt(format!(
             "hint has unknown format version {version}"

@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod codec;
 pub mod hints;
+mod legacy;
 pub mod scan;
 pub mod snapshot;
 mod wal_health;

@@ -4,7 +4,7 @@
 //! of the key; a leaf is the XOR over its segment's keys of `xxh3(record, seed = xxh3(key))`, so it is
 //! independent of write order; the root hashes the leaves. Two replicas compare roots, then leaves,
 //! and exchange only the records of the segments that differ. Records are encoded canonically (see
-//! `codec`), so equal states hash equally. Summaries are rebuilt by a scan when asked for, never
+//! `codec`; records of an older format are hashed re-encoded), so equal states hash equally. Summaries are rebuilt by a scan when asked for, never
 //! maintained on the write path: see `antientropy` for how the scans are paced.
 
 use rocksdb::{IteratorMode, ReadOptions};
@@ -69,7 +69,8 @@ impl Storage {
         ) {
             let (rkey, value) = item?;
             let key = &rkey[2..];
-            leaves[segment_of(key) as usize] ^= xxh3_64_with_seed(&value, xxh3_64(key));
+            let record = codec::canonical(&value);
+            leaves[segment_of(key) as usize] ^= xxh3_64_with_seed(&record, xxh3_64(key));
             keys += 1;
         }
         let flat: Vec<u8> = leaves.iter().flat_map(|l| l.to_le_bytes()).collect();
@@ -155,8 +156,9 @@ impl Storage {
         Ok(())
     }
 
-    /// Keys of `partition` whose state holds only tombstones all written before `cutoff_ms`, with
-    /// the context of each, at most `limit` of them.
+    /// Keys of `partition` whose state holds only siblings dead since before `cutoff_ms`
+    /// (tombstones written, or values expired, before it), with the context of each, at most
+    /// `limit` of them.
     pub fn expired_tombstones(
         &self,
         partition: u16,
@@ -178,7 +180,7 @@ impl Storage {
                 && set
                     .siblings()
                     .iter()
-                    .all(|s| s.is_tombstone() && s.written_at_ms < cutoff_ms);
+                    .all(|s| s.dead_since().is_some_and(|since| since < cutoff_ms));
             if expired {
                 out.push((rkey[2..].to_vec(), set.context().clone()));
             }
