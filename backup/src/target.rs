@@ -19,13 +19,36 @@ pub const CLUSTER_MANIFEST: &str = "cluster.json";
 /// Name of a node's manifest.
 pub const NODE_MANIFEST: &str = "manifest.json";
 
-/// Settings of S3-compatible targets beyond the URL. Credentials and the region come from the
-/// standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-/// `AWS_REGION`, `AWS_ENDPOINT`, ...) and are never logged.
+/// Settings of S3-compatible targets beyond the URL. What is left out comes from the standard
+/// `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+/// `AWS_ENDPOINT`, ...); credentials are never logged.
 #[derive(Debug, Clone, Default)]
 pub struct S3Settings {
     /// Endpoint of an S3-compatible server (`http://127.0.0.1:9000`); AWS itself when `None`.
     pub endpoint: Option<String>,
+    /// The bucket's region.
+    pub region: Option<String>,
+    /// An access key, for a process that serves several targets (the operator) and so cannot take
+    /// it from its environment.
+    pub credentials: Option<Credentials>,
+}
+
+/// An S3 access key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Opens the object store `url` names: `file:///absolute/dir` (created if missing) or
@@ -58,6 +81,14 @@ pub fn open(url: &str, s3: &S3Settings) -> Result<Arc<dyn ObjectStore>, Error> {
         builder = builder
             .with_endpoint(endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Some(region) = &s3.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(key) = &s3.credentials {
+        builder = builder
+            .with_access_key_id(&key.access_key_id)
+            .with_secret_access_key(&key.secret_access_key);
     }
     let store = builder
         .build()
@@ -131,5 +162,14 @@ mod tests {
         assert!(open("file://relative", &S3Settings::default()).is_err());
         assert!(open("gs://bucket", &S3Settings::default()).is_err());
         assert!(open("s3:///prefix", &S3Settings::default()).is_err());
+    }
+
+    #[test]
+    fn the_secret_key_never_shows_in_debug_output() {
+        let key = Credentials {
+            access_key_id: "AKIA1".into(),
+            secret_access_key: "s3cret".into(),
+        };
+        assert!(!format!("{key:?}").contains("s3cret"));
     }
 }

@@ -24,6 +24,7 @@
 //! .build()?`. Through several nodes, with failover and retries: [`Nodes`]; read-modify-write with
 //! the caller's merge of siblings: [`Nodes::update`].
 
+pub mod backup;
 mod connect;
 mod failover;
 mod watch;

@@ -186,6 +186,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             data_dir: config.data_dir.clone(),
             s3: kvbackup::target::S3Settings {
                 endpoint: config.backup_endpoint.clone(),
+                ..kvbackup::target::S3Settings::default()
             },
             bytes_per_second: config.backup_rate.as_u64(),
         },

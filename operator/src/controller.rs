@@ -36,7 +36,7 @@ use crate::crd::{KVCluster, VolumeStatus};
 use crate::metrics::Metrics;
 use crate::nodeadmin::{NodeAccess, NodeAdmin, PutOutcome};
 use crate::plan::{self, Desired, Observed, Plan, PodView};
-use crate::secrets;
+use crate::{backup_jobs, secrets};
 use crate::status::{self, Counts};
 use crate::{Error, Result};
 
@@ -101,6 +101,7 @@ pub struct Context<A: NodeAdmin> {
     pub settings: Settings,
     failures: Mutex<HashMap<ObjectRef<KVCluster>, u32>>,
     monitoring: Mutex<Option<(Instant, bool)>>,
+    jobs: backup_jobs::Jobs,
 }
 
 impl<A: NodeAdmin> Context<A> {
@@ -126,6 +127,7 @@ impl<A: NodeAdmin> Context<A> {
             settings,
             failures: Mutex::new(HashMap::new()),
             monitoring: Mutex::new(None),
+            jobs: backup_jobs::Jobs::default(),
         }
     }
 
@@ -216,6 +218,18 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
     // cert-manager issues the Secrets the next step reads.
     apply_certificates(client, kvc, &ns).await?;
     let access = secrets::node_access(client, &ns, kvc).await?;
+    let jobs_ctx = backup_jobs::JobContext {
+        client: client.clone(),
+        recorder: ctx.recorder.clone(),
+    };
+    let s3_key = match secrets::s3_credentials(client, &ns, kvc).await {
+        Ok(key) => key,
+        Err(e) => {
+            // The pods would get the Secret's keys: nothing is applied without it.
+            backup_jobs::report_blocked(&jobs_ctx, kvc, &ns, &e.to_string()).await;
+            return Err(e);
+        }
+    };
 
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -328,12 +342,24 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
     ctx.metrics
         .observe_status(&ns, &name, &new_status, plan.ring.unavailable_members.len());
 
+    let next_backup = backup_jobs::reconcile(
+        &ctx.jobs,
+        &jobs_ctx,
+        kvc,
+        &plan,
+        &observed.pods,
+        &access,
+        s3_key,
+    )
+    .await;
     let interval = if plan.waiting || plan.push.is_some() {
         ctx.settings.progress_interval
     } else {
         ctx.settings.resync_interval
     };
-    Ok(Action::requeue(interval))
+    Ok(Action::requeue(next_backup.map_or(interval, |next| {
+        interval.min(next + Duration::from_millis(100))
+    })))
 }
 
 async fn apply_objects<A: NodeAdmin>(
@@ -587,6 +613,8 @@ pub async fn run<A: NodeAdmin>(
         watcher::Config::default(),
     );
     ctx.metrics.follow(controller.store());
+    // Backup jobs run beside the controller: when it stops (leadership lost), they stop.
+    let _jobs = AbortJobsOnDrop(ctx.clone());
     controller
         .owns(api::<StatefulSet>(&client, namespace), owned.clone())
         .owns(api::<Service>(&client, namespace), owned.clone())
@@ -601,6 +629,14 @@ pub async fn run<A: NodeAdmin>(
             }
         })
         .await;
+}
+
+struct AbortJobsOnDrop<A: NodeAdmin>(Arc<Context<A>>);
+
+impl<A: NodeAdmin> Drop for AbortJobsOnDrop<A> {
+    fn drop(&mut self) {
+        self.0.jobs.abort_all();
+    }
 }
 
 #[cfg(test)]

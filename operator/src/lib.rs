@@ -6,8 +6,11 @@
 //! - [`controller`]: the I/O around them: read the cluster and the nodes, apply, push, report.
 //! - [`nodeadmin`], [`addressing`], [`secrets`]: how the operator reaches the nodes.
 //! - [`leader`], [`metrics`], [`rbac`]: running it as a (replicated) Deployment.
+//! - [`backup_schedule`], [`backup_jobs`]: scheduled backups with retention, and `restoreFrom`.
 
 pub mod addressing;
+pub mod backup_jobs;
+pub mod backup_schedule;
 pub mod builders;
 pub mod controller;
 pub mod crd;

@@ -71,6 +71,20 @@ impl NodeAccess {
             "http"
         }
     }
+
+    /// A new client of the node at `address` (`host:port`) with this token and trust, whose calls
+    /// end within `timeout` unless they set their own.
+    pub fn client(&self, address: &str, timeout: Duration) -> Result<kvclient::Client, kvclient::Error> {
+        let endpoint = format!("{}://{address}", self.scheme());
+        let mut builder = kvclient::Client::builder(&endpoint).timeout(timeout);
+        if let Some(token) = &self.token {
+            builder = builder.token(token);
+        }
+        if let Some(pem) = &self.ca_pem {
+            builder = builder.ca_cert_pem(pem.clone());
+        }
+        builder.build()
+    }
 }
 
 /// The admin calls the reconciler makes. `address` is `host:port`.
@@ -125,14 +139,7 @@ impl HttpAdmin {
         if let Some(client) = clients.get(access) {
             return client.at(&endpoint).map_err(unreachable);
         }
-        let mut builder = kvclient::Client::builder(&endpoint).timeout(self.timeout);
-        if let Some(token) = &access.token {
-            builder = builder.token(token);
-        }
-        if let Some(pem) = &access.ca_pem {
-            builder = builder.ca_cert_pem(pem.clone());
-        }
-        let client = builder.build().map_err(unreachable)?;
+        let client = access.client(address, self.timeout).map_err(unreachable)?;
         if clients.len() >= MAX_CACHED_CLIENTS {
             clients.clear();
         }

@@ -1,6 +1,7 @@
 //! The Secrets a KVCluster names: each must carry the opt-in label before the operator mounts it
-//! into pods, and two are read because the operator needs their content: the admin token it sends
-//! and the CA it trusts when the client port speaks TLS.
+//! into pods, and three are read because the operator needs their content: the admin token it
+//! sends, the CA it trusts when the client port speaks TLS, and the S3 key it writes backup
+//! manifests and deletes old backups with.
 //!
 //! Reading needs `get` on Secrets in the cluster's namespace, granted per namespace through the
 //! `kvoperator-secret-reader` ClusterRole (see [`crate::rbac`]); the context key Secret the operator
@@ -10,8 +11,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
+use kvbackup::target::Credentials;
+
+use crate::builders::backup_env::s3_spec;
 use crate::builders::secret_mounts::{SecretMount, SecretUse, TLS_CA, TlsPort, secret_mounts};
-use crate::crd::{KVCluster, SECRET_OPT_IN_LABEL};
+use crate::crd::{ACCESS_KEY_ID, KVCluster, SECRET_ACCESS_KEY, SECRET_OPT_IN_LABEL};
 use crate::nodeadmin::NodeAccess;
 use crate::{Error, Result};
 
@@ -43,28 +47,66 @@ pub async fn node_access(client: &Client, ns: &str, kvc: &KVCluster) -> Result<N
 }
 
 async fn opted_in(api: &Api<Secret>, ns: &str, mount: &SecretMount) -> Result<Secret> {
-    let Some(secret) = api.get_opt(&mount.secret).await? else {
+    let hint = if matches!(mount.used_for, SecretUse::Tls(_)) {
+        " (with an issuerRef, cert-manager has not issued it yet)"
+    } else {
+        ""
+    };
+    labelled(api, ns, &mount.secret, mount.used_for.purpose(), hint).await
+}
+
+/// Secret `name`, if it exists and carries the opt-in label.
+async fn labelled(
+    api: &Api<Secret>,
+    ns: &str,
+    name: &str,
+    purpose: &str,
+    hint: &str,
+) -> Result<Secret> {
+    let Some(secret) = api.get_opt(name).await? else {
         return Err(Error::Secret(format!(
-            "Secret {ns}/{} ({}) not found{}",
-            mount.secret,
-            mount.used_for.purpose(),
-            if matches!(mount.used_for, SecretUse::Tls(_)) {
-                " (with an issuerRef, cert-manager has not issued it yet)"
-            } else {
-                ""
-            }
+            "Secret {ns}/{name} ({purpose}) not found{hint}"
         )));
     };
     if secret.labels().get(SECRET_OPT_IN_LABEL).map(String::as_str) != Some("true") {
         // Without the opt-in, anyone allowed to create a KVCluster could have any Secret of the
         // namespace mounted into pods of an image of their choosing.
         return Err(Error::Secret(format!(
-            "Secret {ns}/{} ({}) lacks the label {SECRET_OPT_IN_LABEL}=true that allows kvoperator to use it",
-            mount.secret,
-            mount.used_for.purpose()
+            "Secret {ns}/{name} ({purpose}) lacks the label {SECRET_OPT_IN_LABEL}=true that allows kvoperator to use it"
         )));
     }
     Ok(secret)
+}
+
+/// The S3 access key of `spec.backup` / `spec.restoreFrom`, read from their credentials Secret
+/// (which the pods also get their two keys of): `None` when they name none.
+///
+/// Fails when the Secret is missing, lacks the label, or lacks one of the two keys.
+pub async fn s3_credentials(
+    client: &Client,
+    ns: &str,
+    kvc: &KVCluster,
+) -> Result<Option<Credentials>> {
+    let Some(name) = s3_spec(kvc).and_then(|s| s.credentials_secret.as_ref()) else {
+        return Ok(None);
+    };
+    let api = Api::<Secret>::namespaced(client.clone(), ns);
+    let secret = labelled(&api, ns, name, "S3 credentials", "").await?;
+    let key = |key: &str| {
+        value(&secret, key)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Error::Secret(format!(
+                    "Secret {ns}/{name} (S3 credentials) has no UTF-8 key {key}"
+                ))
+            })
+    };
+    Ok(Some(Credentials {
+        access_key_id: key(ACCESS_KEY_ID)?,
+        secret_access_key: key(SECRET_ACCESS_KEY)?,
+    }))
 }
 
 fn value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {

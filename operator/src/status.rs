@@ -269,6 +269,9 @@ pub fn build(
         conditions: vec![available, progressing, degraded, settled],
         selector: Some(counts.selector),
         volumes: counts.volumes,
+        // Written by the backup jobs under their own field manager: left out of this apply.
+        backup: None,
+        restore: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The parts of Kubernetes the operator tests play themselves: the StatefulSet controller making a
 //! Pod from the template, the kubelet materialising its ConfigMap and Secret volumes as files and
-//! starting the container's `kvnode` with the template's environment, and marking the Pod Ready.
+//! starting the container's `kvnode` with the template's environment (values from Secrets
+//! included), and marking the Pod Ready.
 
 use std::path::{Path, PathBuf};
 
@@ -188,6 +189,24 @@ pub async fn node_from_template(
                     .is_some_and(|f| f.field_path == "metadata.name") =>
             {
                 pod.to_string()
+            }
+            (None, Some(from)) if from.secret_key_ref.is_some() => {
+                let selector = from.secret_key_ref.clone().expect("secretKeyRef");
+                let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+                    .get(&selector.name)
+                    .await
+                    .unwrap_or_else(|e| panic!("Secret {} of {pod}: {e}", selector.name));
+                let bytes = secret
+                    .data
+                    .unwrap_or_default()
+                    .remove(&selector.key)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "Secret {} has no key {} (the kubelet would not start {pod})",
+                            selector.name, selector.key
+                        )
+                    });
+                String::from_utf8(bytes.0).expect("a UTF-8 Secret value")
             }
             _ => panic!("the fake kubelet cannot resolve env {}", var.name),
         };

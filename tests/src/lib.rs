@@ -24,6 +24,7 @@ pub mod kube;
 pub mod kubelet;
 pub mod load;
 pub mod operator_process;
+pub mod s3;
 pub mod tls;
 
 use std::fs::{File, OpenOptions};

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kvcluster_tests::{Cluster, ClusterOptions, KvClient, free_ports, skip_or_fail};
+use kvcluster_tests::{Cluster, ClusterOptions, KvClient, s3};
 use tokio::task::JoinSet;
 
 /// Keys written before the backup.
@@ -39,8 +39,6 @@ const LOAD_MAX_WRITES: usize = 50_000;
 const LOAD_MAX_TIME: Duration = Duration::from_secs(120);
 /// Backups are paced so that the load overlaps them.
 const BACKUP_RATE: &str = "1MiB";
-const ACCESS_KEY: &str = "kvtest-access";
-const SECRET_KEY: &str = "kvtest-secret-key";
 
 fn value_of(key: &str) -> Vec<u8> {
     let mut value = format!("value of {key} ").into_bytes();
@@ -310,81 +308,10 @@ async fn backup_and_restore(
     summary
 }
 
-/// An `s3s-fs` server on a free port, killed on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-    _root: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `s3s-fs`: `S3S_FS` when set, else the copy `scripts/install-deps.sh` installs, else `PATH`.
-fn s3s_fs_bin() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("S3S_FS") {
-        return Some(PathBuf::from(bin));
-    }
-    let tools = std::env::var_os("KVCLUSTER_TOOLS")
-        .map_or_else(|| PathBuf::from("/var/tmp/kvcluster-tools"), PathBuf::from);
-    let cached = tools.join("cargo/bin/s3s-fs");
-    if cached.is_file() {
-        return Some(cached);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("s3s-fs"))
-        .find(|p| p.is_file())
-}
-
-/// Starts `s3s-fs` with a bucket `backups`, or skips (fails in CI) without it.
-async fn start_s3(test: &str) -> Option<S3Server> {
-    let Some(bin) = s3s_fs_bin() else {
-        skip_or_fail(
-            test,
-            "s3s-fs not found: run scripts/install-deps.sh (cargo install s3s-fs into \
-             /var/tmp/kvcluster-tools/cargo) or set S3S_FS",
-        );
-        return None;
-    };
-    let root = tempfile::tempdir().expect("s3 root");
-    std::fs::create_dir(root.path().join("backups")).expect("bucket");
-    let port = free_ports(1)[0];
-    let child = Command::new(&bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let server = S3Server {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-        _root: root,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "s3s-fs did not listen within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Some(server)
-}
-
 fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
+        ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY.to_owned()),
         ("AWS_REGION", "us-east-1".to_owned()),
         ("KVCTL_S3_ENDPOINT", endpoint.to_owned()),
     ]
@@ -401,7 +328,7 @@ fn options(nodes: usize, n: u32, w: u32, r: u32, env: &[(&str, String)]) -> Clus
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_backup_under_load_restores_every_acknowledged_write_into_a_smaller_cluster() {
     let test = "s3_backup_under_load_restores_every_acknowledged_write_into_a_smaller_cluster";
-    let Some(s3) = start_s3(test).await else {
+    let Some(s3) = s3::start(test).await else {
         return;
     };
     let env = s3_env(&s3.endpoint);

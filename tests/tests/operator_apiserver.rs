@@ -68,6 +68,16 @@ fn expected_refusal(file: &str) -> (&'static str, &'static str) {
             "CEL",
             "metricsNeedToken needs readTokenSecretRef or writeTokenSecretRef",
         ),
+        "backup-retention-zero.yaml" => ("schema", "spec.backup.retention: Invalid value"),
+        "restore-without-backup-id.yaml" => ("schema", "spec.restoreFrom.backupId: Required value"),
+        "backup-bad-target.yaml" => (
+            "CEL",
+            "target must be s3://bucket[/prefix] or file:///absolute/dir",
+        ),
+        "backup-and-restore-differ-in-s3.yaml" => (
+            "CEL",
+            "backup.s3 and restoreFrom.s3 must be the same",
+        ),
         other => panic!(
             "operator/examples/invalid/{other} has no expected refusal in this test: add it to expected_refusal"
         ),

@@ -4,6 +4,7 @@
 //! Nothing here talks to the API server: the reconciler applies what these functions return with
 //! server-side apply, and the unit tests read the objects field by field.
 
+pub mod backup_env;
 pub mod certificate;
 pub mod configmap;
 pub mod networkpolicy;
@@ -141,6 +142,8 @@ pub(crate) mod fixtures {
                 tls: Default::default(),
                 network_policy: Default::default(),
                 monitoring: Default::default(),
+                backup: None,
+                restore_from: None,
             },
             status: None,
         }

@@ -25,7 +25,7 @@ use kube::ResourceExt;
 
 use super::secret::{CONTEXT_KEY, context_key_name};
 use super::secret_mounts::{SecretMount, secret_mounts};
-use super::sizing;
+use super::{backup_env, sizing};
 use super::{
     CLUSTER_JSON, CONFIG_DIR, CONTEXT_KEY_DIR, DATA_DIR, NODE_PORT, PEER_PORT, PEER_PORT_NAME,
     PORT_NAME, configmap_name, headless_service_name, labels, owned_meta, selector_labels,
@@ -91,6 +91,7 @@ fn node_env(kvc: &KVCluster) -> Vec<EnvVar> {
     vars.extend(s.node_settings.env().into_iter().map(|(k, v)| env(k, v)));
     let mounts = secret_mounts(kvc);
     vars.extend(mounts.iter().flat_map(SecretMount::env));
+    vars.extend(backup_env::env(kvc));
     if s.auth.metrics_need_token {
         vars.push(env("KVNODE_METRICS_AUTH", "true"));
     }

@@ -30,10 +30,12 @@ pub const STORAGE_GROWTH_RULE: &str = "!isQuantity(string(self.size)) || !isQuan
 /// The API server's message when [`STORAGE_SIZE_RULE`] fails.
 pub const STORAGE_SIZE_MESSAGE: &str = "storage.size must be a positive quantity such as 10Gi";
 
+mod backup;
 mod placement;
 mod security;
 mod status;
 
+pub use backup::*;
 pub use placement::*;
 pub use security::*;
 pub use status::*;
@@ -83,6 +85,7 @@ pub use status::*;
      "message": "writeQuorum (W) must not exceed replicationFactor (N)"},
     {"rule": "self.readQuorum <= self.replicationFactor",
      "message": "readQuorum (R) must not exceed replicationFactor (N)"},
+    {"rule": SHARED_S3_RULE, "message": SHARED_S3_MESSAGE},
 ]))]
 pub struct KVClusterSpec {
     /// Number of kvnode pods (ring members).
@@ -162,6 +165,14 @@ pub struct KVClusterSpec {
     /// Operator's CRD is installed.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+
+    /// Scheduled backups into object storage, with retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// A backup to fill the cluster from, once, when its ring first settles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreSpec>,
 }
 
 /// The cluster's ServiceMonitor.

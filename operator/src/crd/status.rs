@@ -4,6 +4,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::{BackupStatus, RestoreStatus};
+
 /// What the operator last observed of the ring.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -41,6 +43,12 @@ pub struct KVClusterStatus {
     /// The volumes, while `spec.storage.size` grows past what they hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<VolumeStatus>,
+    /// Scheduled backups (written by the backup jobs, under their own field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+    /// The restore of `spec.restoreFrom` (written by the restore job, under its own field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
 }
 
 /// Volumes growing to `spec.storage.size`.
