@@ -83,12 +83,12 @@ pub async fn create(
     let failed = match hold_handoff(&members, hold_millis).await {
         Ok(()) => backup_all(&members, &target.url, id, timeout, &mut on_member).await,
         Err((member, e)) => {
-            on_member(&member, &Err(e));
+            on_member(member.as_str(), &Err(e));
             1
         }
     };
     if let Err((member, e)) = hold_handoff(&members, 0).await {
-        on_resume_failed(&member, &e);
+        on_resume_failed(member.as_str(), &e);
     }
     if failed > 0 {
         return Err(BackupError::Members(format!(
@@ -163,7 +163,7 @@ async fn backup_all(
         if outcome.is_err() {
             failed += 1;
         }
-        on_member(&member, &outcome);
+        on_member(member.as_str(), &outcome);
     }
     failed
 }
@@ -255,7 +255,7 @@ pub async fn restore(
             }
             Err(_) => failed += 1,
         }
-        on_checkpoint((&source, &through, &outcome));
+        on_checkpoint((source.as_str(), through.as_str(), &outcome));
     }
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {

@@ -160,9 +160,16 @@ fn failure(id: Option<&str>, message: &str) -> Value {
     }})
 }
 
-/// Reports what keeps backups and the restore from starting (a refused credentials Secret), once
-/// per message, in `status.backup.lastFailure` and `status.restore`, with a Warning event.
-pub async fn report_blocked(ctx: &JobContext, kvc: &KVCluster, ns: &str, message: &str) {
+/// Reports what keeps backups (and, with `restore_too`, the restore) from starting: a refused
+/// credentials Secret, a bad schedule. Once per message, in `status.backup.lastFailure` and
+/// `status.restore`, with a Warning event.
+pub async fn report_blocked(
+    ctx: &JobContext,
+    kvc: &KVCluster,
+    ns: &str,
+    message: &str,
+    restore_too: bool,
+) {
     let status = kvc.status.as_ref();
     let mut patch = json!({});
     if kvc.spec.backup.is_some()
@@ -173,7 +180,7 @@ pub async fn report_blocked(ctx: &JobContext, kvc: &KVCluster, ns: &str, message
     {
         patch["backup"] = failure(None, message);
     }
-    if let Some(spec) = &kvc.spec.restore_from
+    if let Some(spec) = kvc.spec.restore_from.as_ref().filter(|_| restore_too)
         && status
             .and_then(|s| s.restore.as_ref())
             .is_none_or(|r| r.message != message)
@@ -191,7 +198,11 @@ pub async fn report_blocked(ctx: &JobContext, kvc: &KVCluster, ns: &str, message
         ..PatchParams::default()
     };
     if let Err(e) = Api::<KVCluster>::namespaced(ctx.client.clone(), ns)
-        .patch_status(&kvc.name_any(), &pp, &Patch::Merge(&json!({ "status": patch })))
+        .patch_status(
+            &kvc.name_any(),
+            &pp,
+            &Patch::Merge(&json!({ "status": patch })),
+        )
         .await
     {
         warn!(error = %e, "cannot write the backup status");
@@ -219,7 +230,7 @@ pub async fn reconcile(
 ) -> Option<Duration> {
     let ns = kvc.namespace()?;
     let job_key = ObjectRef::from(kvc);
-    if kvc.spec.backup.is_none() && kvc.spec.restore_from.is_none() || jobs.busy(&job_key) {
+    if (kvc.spec.backup.is_none() && kvc.spec.restore_from.is_none()) || jobs.busy(&job_key) {
         return None;
     }
     let settled = plan.phase == Phase::Running;
@@ -252,7 +263,7 @@ pub async fn reconcile(
     let cron = match schedule::parse(&spec.schedule) {
         Ok(cron) => cron,
         Err(message) => {
-            report_blocked(ctx, kvc, &ns, &message).await;
+            report_blocked(ctx, kvc, &ns, &message, false).await;
             return None;
         }
     };
@@ -266,7 +277,7 @@ pub async fn reconcile(
         // Due, but the ring is changing: try again soon.
         Ok(Slot::Due(_)) => None,
         Err(message) => {
-            report_blocked(ctx, kvc, &ns, &message).await;
+            report_blocked(ctx, kvc, &ns, &message, false).await;
             None
         }
     }
@@ -291,10 +302,7 @@ async fn claim(reach: &Reach, slot: chrono::DateTime<Utc>) -> Result<bool, kube:
             return Ok(false);
         }
         let status = json!({ "backup": { "lastScheduleTime": schedule::to_time(slot) } });
-        match reach
-            .patch_status(status, fresh.resource_version())
-            .await
-        {
+        match reach.patch_status(status, fresh.resource_version()).await {
             Ok(()) => return Ok(true),
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(e) => return Err(e),
@@ -322,7 +330,11 @@ async fn run_backup(reach: Reach, slot: chrono::DateTime<Utc>) {
         Err(e) => return backup_failed(&reach, &id, &e.to_string()).await,
     };
     reach
-        .event("BackupStarted", format!("backup {id} into {}", spec.target), false)
+        .event(
+            "BackupStarted",
+            format!("backup {id} into {}", spec.target),
+            false,
+        )
         .await;
     info!(%name, backup = %id, "scheduled backup started");
     let started = Instant::now();
@@ -381,7 +393,9 @@ async fn run_backup(reach: Reach, slot: chrono::DateTime<Utc>) {
 
 async fn backup_failed(reach: &Reach, id: &str, message: &str) {
     warn!(name = %reach.kvc.name_any(), backup = %id, %message, "scheduled backup failed");
-    reach.report(json!({ "backup": failure(Some(id), message) })).await;
+    reach
+        .report(json!({ "backup": failure(Some(id), message) }))
+        .await;
     reach
         .event("BackupFailed", format!("backup {id}: {message}"), true)
         .await;
@@ -447,7 +461,9 @@ async fn run_restore(reach: Reach) {
             )
             .await;
         reach
-            .report(with(json!({ "checkpointsTotal": total, "message": "merging checkpoints" })))
+            .report(with(
+                json!({ "checkpointsTotal": total, "message": "merging checkpoints" }),
+            ))
             .await;
         // Progress is written as each checkpoint is done, beside the restore itself.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -143,7 +143,11 @@ mod tests {
         );
         // Having run that slot, the next is a day later.
         assert_eq!(
-            due(&daily, at("2026-12-02T03:00:00Z"), at("2026-12-02T03:00:05Z")),
+            due(
+                &daily,
+                at("2026-12-02T03:00:00Z"),
+                at("2026-12-02T03:00:05Z")
+            ),
             Ok(Slot::Wait(at("2026-12-03T03:00:00Z")))
         );
     }
@@ -152,11 +156,19 @@ mod tests {
     fn slots_missed_while_the_operator_was_down_run_once() {
         let hourly = parse("0 * * * *").unwrap();
         // Down from 01:10 to 05:30: four slots passed, the latest (05:00) is the one due.
-        let due_now = due(&hourly, at("2026-12-01T01:00:00Z"), at("2026-12-01T05:30:00Z"));
+        let due_now = due(
+            &hourly,
+            at("2026-12-01T01:00:00Z"),
+            at("2026-12-01T05:30:00Z"),
+        );
         assert_eq!(due_now, Ok(Slot::Due(at("2026-12-01T05:00:00Z"))));
         // Once it ran, nothing more is due until 06:00.
         assert_eq!(
-            due(&hourly, at("2026-12-01T05:00:00Z"), at("2026-12-01T05:30:00Z")),
+            due(
+                &hourly,
+                at("2026-12-01T05:00:00Z"),
+                at("2026-12-01T05:30:00Z")
+            ),
             Ok(Slot::Wait(at("2026-12-01T06:00:00Z")))
         );
     }
@@ -165,7 +177,11 @@ mod tests {
     fn six_fields_count_seconds_and_bad_patterns_are_named() {
         let every5s = parse("*/5 * * * * *").unwrap();
         assert_eq!(
-            due(&every5s, at("2026-12-01T00:00:05Z"), at("2026-12-01T00:00:07Z")),
+            due(
+                &every5s,
+                at("2026-12-01T00:00:05Z"),
+                at("2026-12-01T00:00:07Z")
+            ),
             Ok(Slot::Wait(at("2026-12-01T00:00:10Z")))
         );
         let err = parse("every day").unwrap_err();
@@ -219,7 +235,10 @@ mod tests {
             start_time: Some(to_time(at(started))),
             completion_time: None,
         };
-        assert!(!restore_due(&spec, None, false, now), "not before the ring settles");
+        assert!(
+            !restore_due(&spec, None, false, now),
+            "not before the ring settles"
+        );
         assert!(restore_due(&spec, None, true, now));
         let done = status(RestorePhase::Succeeded, "2026-12-01T09:00:00Z");
         assert!(!restore_due(&spec, Some(&done), true, now), "never twice");
@@ -227,11 +246,20 @@ mod tests {
             backup_id: "b2".into(),
             ..spec.clone()
         };
-        assert!(restore_due(&other, Some(&done), true, now), "a new backup id restores");
+        assert!(
+            restore_due(&other, Some(&done), true, now),
+            "a new backup id restores"
+        );
         let lost = status(RestorePhase::Running, "2026-12-01T09:59:00Z");
-        assert!(restore_due(&spec, Some(&lost), true, now), "a lost job restarts");
+        assert!(
+            restore_due(&spec, Some(&lost), true, now),
+            "a lost job restarts"
+        );
         let failed = status(RestorePhase::Failed, "2026-12-01T09:59:00Z");
-        assert!(!restore_due(&spec, Some(&failed), true, now), "waits to retry");
+        assert!(
+            !restore_due(&spec, Some(&failed), true, now),
+            "waits to retry"
+        );
         let failed = status(RestorePhase::Failed, "2026-12-01T09:57:00Z");
         assert!(restore_due(&spec, Some(&failed), true, now));
     }

@@ -36,9 +36,9 @@ use crate::crd::{KVCluster, VolumeStatus};
 use crate::metrics::Metrics;
 use crate::nodeadmin::{NodeAccess, NodeAdmin, PutOutcome};
 use crate::plan::{self, Desired, Observed, Plan, PodView};
-use crate::{backup_jobs, secrets};
 use crate::status::{self, Counts};
 use crate::{Error, Result};
+use crate::{backup_jobs, secrets};
 
 /// Whether to apply a ServiceMonitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -226,7 +226,7 @@ async fn reconcile_inner<A: NodeAdmin>(kvc: &KVCluster, ctx: &Context<A>) -> Res
         Ok(key) => key,
         Err(e) => {
             // The pods would get the Secret's keys: nothing is applied without it.
-            backup_jobs::report_blocked(&jobs_ctx, kvc, &ns, &e.to_string()).await;
+            backup_jobs::report_blocked(&jobs_ctx, kvc, &ns, &e.to_string(), true).await;
             return Err(e);
         }
     };

@@ -168,6 +168,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // The backup targets' client (object_store over reqwest) uses rustls' process-wide provider.
+    kvbackup::install_crypto_provider();
     let client = kube::Client::try_default().await?;
     // Fail early and clearly when the CRD is not installed.
     Api::<KVCluster>::all(client.clone())

@@ -74,7 +74,11 @@ impl NodeAccess {
 
     /// A new client of the node at `address` (`host:port`) with this token and trust, whose calls
     /// end within `timeout` unless they set their own.
-    pub fn client(&self, address: &str, timeout: Duration) -> Result<kvclient::Client, kvclient::Error> {
+    pub fn client(
+        &self,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<kvclient::Client, kvclient::Error> {
         let endpoint = format!("{}://{address}", self.scheme());
         let mut builder = kvclient::Client::builder(&endpoint).timeout(timeout);
         if let Some(token) = &self.token {

@@ -83,4 +83,3 @@ pub async fn start(test: &str) -> Option<S3Server> {
     }
     Some(server)
 }
-

@@ -74,10 +74,9 @@ fn expected_refusal(file: &str) -> (&'static str, &'static str) {
             "CEL",
             "target must be s3://bucket[/prefix] or file:///absolute/dir",
         ),
-        "backup-and-restore-differ-in-s3.yaml" => (
-            "CEL",
-            "backup.s3 and restoreFrom.s3 must be the same",
-        ),
+        "backup-and-restore-differ-in-s3.yaml" => {
+            ("CEL", "backup.s3 and restoreFrom.s3 must be the same")
+        }
         other => panic!(
             "operator/examples/invalid/{other} has no expected refusal in this test: add it to expected_refusal"
         ),

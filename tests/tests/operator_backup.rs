@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use kvbackup::target::{Credentials, S3Settings};
 use kvcluster_tests::kube::{ControlPlane, OperatorProcess, eventually};
 use kvcluster_tests::{NodeProcess, free_ports, kubelet, s3};
@@ -219,13 +219,17 @@ async fn scheduled_backups_are_retained_and_restore_into_a_new_cluster() {
         .get("source")
         .await
         .unwrap();
-    let env = sts.spec.unwrap().template.spec.unwrap().containers[0]
+    let env = sts.spec.template.spec.unwrap().containers[0]
         .env
         .clone()
         .unwrap();
     let from_secret: Vec<&str> = env
         .iter()
-        .filter(|e| e.value_from.as_ref().is_some_and(|f| f.secret_key_ref.is_some()))
+        .filter(|e| {
+            e.value_from
+                .as_ref()
+                .is_some_and(|f| f.secret_key_ref.is_some())
+        })
         .map(|e| e.name.as_str())
         .collect();
     assert_eq!(from_secret, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
@@ -303,7 +307,11 @@ async fn scheduled_backups_are_retained_and_restore_into_a_new_cluster() {
         .unwrap()
         .last_successful
         .unwrap();
-    assert!(complete.contains(&last.id.as_str()), "{complete:?} vs {}", last.id);
+    assert!(
+        complete.contains(&last.id.as_str()),
+        "{complete:?} vs {}",
+        last.id
+    );
 
     // A new cluster of another size, restored from that backup once its ring settles.
     let copy = cluster(
@@ -341,7 +349,7 @@ async fn scheduled_backups_are_retained_and_restore_into_a_new_cluster() {
                 assert!(
                     siblings
                         .iter()
-                        .any(|s| s.as_slice() == format!("value of {key}").as_bytes()),
+                        .any(|s| s.value.as_slice() == format!("value of {key}").as_bytes()),
                     "{key}: {siblings:?}"
                 );
             }
@@ -371,9 +379,9 @@ async fn scheduled_backups_are_retained_and_restore_into_a_new_cluster() {
     })
     .await;
     assert!(
-        failure
-            .message
-            .contains("s3-unlabelled (S3 credentials) lacks the label kvcluster.io/operator-access=true"),
+        failure.message.contains(
+            "s3-unlabelled (S3 credentials) lacks the label kvcluster.io/operator-access=true"
+        ),
         "{}",
         failure.message
     );

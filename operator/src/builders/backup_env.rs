@@ -97,7 +97,12 @@ mod tests {
         k.spec.backup = Some(BackupSpec {
             schedule: "0 3 * * *".into(),
             target: "s3://b/p".into(),
-            s3: k.spec.restore_from.as_ref().map(|r| r.s3.clone()).unwrap_or_default(),
+            s3: k
+                .spec
+                .restore_from
+                .as_ref()
+                .map(|r| r.s3.clone())
+                .unwrap_or_default(),
             retention: 3,
             rate: Some("16Mi".into()),
         });
@@ -109,7 +114,9 @@ mod tests {
             Some("16MiB")
         );
         assert_eq!(
-            get("KVNODE_BACKUP_ENDPOINT").and_then(|v| v.value).as_deref(),
+            get("KVNODE_BACKUP_ENDPOINT")
+                .and_then(|v| v.value)
+                .as_deref(),
             Some("http://minio:9000")
         );
         let key = get(SECRET_ACCESS_KEY)

@@ -25,11 +25,11 @@ use kube::ResourceExt;
 
 use super::secret::{CONTEXT_KEY, context_key_name};
 use super::secret_mounts::{SecretMount, secret_mounts};
-use super::{backup_env, sizing};
 use super::{
     CLUSTER_JSON, CONFIG_DIR, CONTEXT_KEY_DIR, DATA_DIR, NODE_PORT, PEER_PORT, PEER_PORT_NAME,
     PORT_NAME, configmap_name, headless_service_name, labels, owned_meta, selector_labels,
 };
+use super::{backup_env, sizing};
 use crate::crd::KVCluster;
 
 /// The unprivileged user and group the node runs as (the distroless `nonroot` ids).

@@ -7,10 +7,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// CEL rule of a target URL: what kvbackup opens.
-pub const TARGET_RULE: &str = "self.startsWith('file:///') || self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')";
+pub const TARGET_RULE: &str =
+    "self.startsWith('file:///') || self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')";
 /// The API server's message when [`TARGET_RULE`] fails.
-pub const TARGET_MESSAGE: &str =
-    "target must be s3://bucket[/prefix] or file:///absolute/dir";
+pub const TARGET_MESSAGE: &str = "target must be s3://bucket[/prefix] or file:///absolute/dir";
 /// CEL rule of the spec: the nodes have one set of S3 settings, so a backup schedule and a
 /// restore share them.
 pub const SHARED_S3_RULE: &str =
