@@ -150,6 +150,7 @@ fn cross_field_and_immutability_rules_are_in_the_schema() -> TestResult {
             "self.replicationFactor <= self.replicas",
             "self.writeQuorum <= self.replicationFactor",
             "self.readQuorum <= self.replicationFactor",
+            kvoperator::crd::SHARED_S3_RULE,
         ]
     );
     assert_eq!(
