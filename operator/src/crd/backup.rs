@@ -13,8 +13,11 @@ pub const TARGET_RULE: &str =
 pub const TARGET_MESSAGE: &str = "target must be s3://bucket[/prefix] or file:///absolute/dir";
 /// CEL rule of the spec: the nodes have one set of S3 settings, so a backup schedule and a
 /// restore share them.
-pub const SHARED_S3_RULE: &str =
-    "!has(self.backup) || !has(self.restoreFrom) || self.backup.s3 == self.restoreFrom.s3";
+// Field by field: CEL has no `==` between two object types of the schema.
+pub const SHARED_S3_RULE: &str = "!has(self.backup) || !has(self.restoreFrom) || \
+    ((has(self.backup.s3.endpoint) ? self.backup.s3.endpoint : '') == (has(self.restoreFrom.s3.endpoint) ? self.restoreFrom.s3.endpoint : '') \
+    && (has(self.backup.s3.region) ? self.backup.s3.region : '') == (has(self.restoreFrom.s3.region) ? self.restoreFrom.s3.region : '') \
+    && (has(self.backup.s3.credentialsSecret) ? self.backup.s3.credentialsSecret : '') == (has(self.restoreFrom.s3.credentialsSecret) ? self.restoreFrom.s3.credentialsSecret : ''))";
 /// The API server's message when [`SHARED_S3_RULE`] fails.
 pub const SHARED_S3_MESSAGE: &str = "backup.s3 and restoreFrom.s3 must be the same: every node has one S3 endpoint, region and credentials";
 /// Key of the access key id in the credentials Secret (also the nodes' variable).
