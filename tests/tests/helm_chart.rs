@@ -171,6 +171,16 @@ fn every_option_on_renders_every_object() {
         reader["roleRef"]["name"],
         "kvcluster-operator-secret-reader"
     );
+    // The chart's own cluster names a backup credentials Secret, read in the release namespace.
+    let release_reader = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "RoleBinding"
+                && d["metadata"]["name"] == "kvcluster-operator-secret-reader"
+                && d["metadata"]["namespace"] != "apps"
+        })
+        .expect("the secret reader bound in the release namespace");
+    assert_eq!(release_reader["metadata"]["namespace"], NS);
 
     let cluster = object(&docs, "KVCluster", "demo");
     assert_eq!(cluster["spec"]["writeQuorum"], 2);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kvcluster_tests::helm::{ALL_ON_VALUES, CHART, Helm, cli_tool, documents, output, stdout_of};
@@ -138,6 +138,16 @@ async fn the_chart_installs_grants_what_the_operator_needs_and_uninstalls_cleanl
         .create_namespace(NS, &[("pod-security.kubernetes.io/enforce", "restricted")])
         .await;
     plane.create_namespace("apps", &[]).await;
+    // The all-on values' spec.backup names this Secret; without it the operator applies nothing.
+    let s3_key: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "demo-s3", "labels": {"kvcluster.io/operator-access": "true"}},
+        "stringData": {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo-secret"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &s3_key)
+        .await
+        .unwrap();
     let helm_in = |args: &[&str]| {
         let mut cmd = helm.command();
         cmd.args(args).arg("--kubeconfig").arg(plane.kubeconfig());
@@ -214,6 +224,10 @@ async fn the_chart_installs_grants_what_the_operator_needs_and_uninstalls_cleanl
     assert!(
         allowed(&client, "get", "", "secrets", "apps").await,
         "rbac.secretReaderNamespaces binds the secret reader in apps"
+    );
+    assert!(
+        allowed(&client, "get", "", "secrets", NS).await,
+        "the chart's cluster names a backup Secret: the reader is bound in the release namespace"
     );
 
     // The operator's pod and the helm test pod pass Pod Security "restricted" (enforced on kvs);
