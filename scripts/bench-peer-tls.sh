@@ -19,10 +19,12 @@ if [ "$mode" = mtls ]; then
   openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -set_serial 7 -days 2 -extfile ext -out node.pem 2>/dev/null
   tls=(--peer-tls-ca ca.pem --peer-tls-cert node.pem --peer-tls-key node.key)
 fi
+# Every member of a cluster of several needs the same context key.
+openssl rand -hex 32 > context.key
 pids=()
 for i in 0 1 2; do
   "$B/kvnode" --node-id kv-$i --listen 127.0.0.1:1808$i --peer-listen 127.0.0.1:1908$i --data-dir kv-$i \
-    --cluster-config cluster.json "${tls[@]}" > kv-$i.out 2> kv-$i.log &
+    --cluster-config cluster.json --context-key-file context.key "${tls[@]}" > kv-$i.out 2> kv-$i.log &
   pids+=($!)
 done
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Usage: scripts/bench-backup.sh — client p99 unloaded and while backups run back to back.
+# 3 kvnode processes on loopback (N=3, W=R=2, --backup-rate as given in KVNODE_BACKUP_RATE, default 64MiB),
+# KEYS keys of VSIZE bytes preloaded, then `kvctl bench` ROUNDS times without and with a backup running.
+# Prints one line per run: phase, ops/s, p50, p99 (ms), and the backups' sizes and times.
+set -euo pipefail
+B=${BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug}; dir=${TMPDIR:-/tmp}/kvbench-backup
+KEYS=${KEYS:-50000}; VSIZE=${VSIZE:-1000}; DUR=${DUR:-20s}; ROUNDS=${ROUNDS:-3}
+rm -rf "$dir"; mkdir -p "$dir/backups"; cd "$dir"
+cat > cluster.json <<JSON
+{"cluster":"bench","epoch":1,"n":3,"w":2,"r":2,"partitions":256,"vnodes":64,"members":[
+ {"id":"kv-0","address":"127.0.0.1:18180","peer_address":"127.0.0.1:19180"},
+ {"id":"kv-1","address":"127.0.0.1:18181","peer_address":"127.0.0.1:19181"},
+ {"id":"kv-2","address":"127.0.0.1:18182","peer_address":"127.0.0.1:19182"}]}
+JSON
+# Every member of a cluster of several needs the same context key.
+openssl rand -hex 32 > context.key
+pids=()
+for i in 0 1 2; do
+  "$B/kvnode" --node-id kv-$i --listen 127.0.0.1:1818$i --peer-listen 127.0.0.1:1918$i --data-dir kv-$i \
+    --cluster-config cluster.json --context-key-file context.key > kv-$i.out 2> kv-$i.log &
+  pids+=($!)
+done
+trap 'touch stop; kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
+endpoints=http://127.0.0.1:18180,http://127.0.0.1:18181,http://127.0.0.1:18182
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18182/health/ready >/dev/null && break; sleep 0.2; done
+bench() { "$B/kvctl" bench --endpoints $endpoints --keys "$KEYS" --value-size "$VSIZE" --json "$@"; }
+# One line of a bench report: each operation's rate, p50, p99 and errors.
+read -r -d '' summarise <<'PY' || true
+import json, sys
+r = json.load(sys.stdin)
+rows = ["%s %.0f/s p50 %.2f p99 %.2f ms errors %d" % (o["operation"], o["ops_per_sec"], o["p50_ms"], o["p99_ms"], o["errors"]) for o in r["operations"]]
+print(sys.argv[1] + ": " + "; ".join(rows))
+PY
+summary() { python3 -c "$summarise" "$1"; }
+bench --preload --duration 1s > /dev/null
+echo "preloaded $KEYS keys of $VSIZE bytes"
+# At most 40 backups per round, each created and then deleted, until the round's bench ends.
+backups() {
+  for i in $(seq 1 40); do
+    [ -e stop ] && break
+    start=$(date +%s.%N)
+    "$B/kvctl" --endpoint http://127.0.0.1:18180 backup create --target "file://$dir/backups" --id "r$1-$i" > /dev/null
+    echo "backup r$1-$i: $(du -sm "backups" | cut -f1) MiB in $(python3 -c "import time;print(round(time.time()-$start,1))") s"
+    "$B/kvctl" --endpoint http://127.0.0.1:18180 backup delete "r$1-$i" --target "file://$dir/backups" > /dev/null
+  done
+}
+for r in $(seq 1 "$ROUNDS"); do
+  bench --duration "$DUR" | summary unloaded
+  rm -f stop; backups "$r" & bp=$!
+  sleep 2
+  bench --duration "$DUR" | summary during-backup
+  touch stop; wait "$bp"
+done
