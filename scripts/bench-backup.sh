@@ -6,24 +6,9 @@
 set -euo pipefail
 B=${BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug}; dir=${TMPDIR:-/tmp}/kvbench-backup
 KEYS=${KEYS:-50000}; VSIZE=${VSIZE:-1000}; DUR=${DUR:-20s}; ROUNDS=${ROUNDS:-3}
-rm -rf "$dir"; mkdir -p "$dir/backups"; cd "$dir"
-cat > cluster.json <<JSON
-{"cluster":"bench","epoch":1,"n":3,"w":2,"r":2,"partitions":256,"vnodes":64,"members":[
- {"id":"kv-0","address":"127.0.0.1:18180","peer_address":"127.0.0.1:19180"},
- {"id":"kv-1","address":"127.0.0.1:18181","peer_address":"127.0.0.1:19181"},
- {"id":"kv-2","address":"127.0.0.1:18182","peer_address":"127.0.0.1:19182"}]}
-JSON
-# Every member of a cluster of several needs the same context key.
-openssl rand -hex 32 > context.key
-pids=()
-for i in 0 1 2; do
-  "$B/kvnode" --node-id kv-$i --listen 127.0.0.1:1818$i --peer-listen 127.0.0.1:1918$i --data-dir kv-$i \
-    --cluster-config cluster.json --context-key-file context.key > kv-$i.out 2> kv-$i.log &
-  pids+=($!)
-done
-trap 'touch stop; kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT
-endpoints=http://127.0.0.1:18180,http://127.0.0.1:18181,http://127.0.0.1:18182
-for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18182/health/ready >/dev/null && break; sleep 0.2; done
+rm -rf "$dir"; mkdir -p "$dir/backups"; here=$(cd "$(dirname "$0")" && pwd); cd "$dir"
+. "$here/lib/bench-cluster.sh"
+start_bench_cluster 18180
 bench() { "$B/kvctl" bench --endpoints $endpoints --keys "$KEYS" --value-size "$VSIZE" --json "$@"; }
 # One line of a bench report: each operation's rate, p50, p99 and errors.
 read -r -d '' summarise <<'PY' || true
@@ -40,9 +25,9 @@ backups() {
   for i in $(seq 1 40); do
     [ -e stop ] && break
     start=$(date +%s.%N)
-    "$B/kvctl" --endpoint http://127.0.0.1:18180 backup create --target "file://$dir/backups" --id "r$1-$i" > /dev/null
+    "$B/kvctl" --endpoint "${endpoints%%,*}" backup create --target "file://$dir/backups" --id "r$1-$i" > /dev/null
     echo "backup r$1-$i: $(du -sm "backups" | cut -f1) MiB in $(python3 -c "import time;print(round(time.time()-$start,1))") s"
-    "$B/kvctl" --endpoint http://127.0.0.1:18180 backup delete "r$1-$i" --target "file://$dir/backups" > /dev/null
+    "$B/kvctl" --endpoint "${endpoints%%,*}" backup delete "r$1-$i" --target "file://$dir/backups" > /dev/null
   done
 }
 for r in $(seq 1 "$ROUNDS"); do

@@ -703,6 +703,18 @@ impl ControlPlane {
         path
     }
 
+    /// The operator's Secret access as shipped: creates `reader` (the secret-reader ClusterRole of
+    /// `operator/src/rbac.rs`) and binds it to ServiceAccount `default/kvoperator` in `namespace` only.
+    pub async fn grant_secret_reader(&self, reader: &ClusterRole, namespace: &str) {
+        Api::<ClusterRole>::all(self.client.clone())
+            .create(&PostParams::default(), reader)
+            .await
+            .unwrap_or_else(|e| panic!("create the secret reader ClusterRole: {e}"));
+        let name = reader.metadata.name.clone().unwrap_or_default();
+        self.bind_cluster_role_in(&name, namespace, "default", "kvoperator")
+            .await;
+    }
+
     /// The operator's identity as shipped: creates `role` (the ClusterRole of `operator/rbac.yaml`),
     /// binds it to ServiceAccount `default/kvoperator` and returns that account's kubeconfig.
     pub async fn operator_identity(&self, role: &ClusterRole) -> PathBuf {

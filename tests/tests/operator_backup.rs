@@ -18,7 +18,6 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -143,15 +142,8 @@ async fn scheduled_backups_are_retained_and_restore_into_a_new_cluster() {
     let kubeconfig = plane
         .operator_identity(&kvoperator::rbac::cluster_role())
         .await;
-    Api::<ClusterRole>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &kvoperator::rbac::secret_reader_role(),
-        )
-        .await
-        .unwrap();
     plane
-        .bind_cluster_role_in("kvoperator-secret-reader", NS, "default", "kvoperator")
+        .grant_secret_reader(&kvoperator::rbac::secret_reader_role(), NS)
         .await;
     let secrets = Api::<Secret>::namespaced(admin.clone(), NS);
     for s in [secret("s3-key", true), secret("s3-unlabelled", false)] {

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -126,15 +125,8 @@ async fn the_operator_runs_a_cluster_with_tls_and_tokens_and_uses_only_opted_in_
     let sa_kubeconfig = plane
         .operator_identity(&kvoperator::rbac::cluster_role())
         .await;
-    Api::<ClusterRole>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &kvoperator::rbac::secret_reader_role(),
-        )
-        .await
-        .unwrap();
     plane
-        .bind_cluster_role_in("kvoperator-secret-reader", NS, "default", "kvoperator")
+        .grant_secret_reader(&kvoperator::rbac::secret_reader_role(), NS)
         .await;
 
     // The pods' addresses: loopback ports in place of their DNS names.
