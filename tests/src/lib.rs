@@ -24,6 +24,7 @@ pub mod kube;
 pub mod kubelet;
 pub mod load;
 pub mod operator_process;
+pub mod ports;
 pub mod s3;
 pub mod tls;
 
@@ -45,6 +46,7 @@ use kvapi::{
     ADMIN_CLUSTER, ADMIN_DIGESTS, ADMIN_RING, ADMIN_STATUS, CONTEXT_HEADER, ClusterConfig,
     ErrorBody, Member, NodeStatus, PartitionDigests, ReadResponse, RingView,
 };
+pub use ports::{free_block, free_ports};
 
 /// The prefix of the line `kvnode` prints on stdout once it serves (`https://` with client TLS).
 pub const LISTENING_PREFIX: &str = "kvnode listening on http";
@@ -1183,39 +1185,6 @@ impl RawConn {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Picks `count` distinct free ports on 127.0.0.1, below the kernel's ephemeral range (32768 and up
-/// on Linux), so the source port of another test's outgoing connection cannot take one between this
-/// call and the node's bind (port 0 hands out ephemeral ports, and did collide). Ports already handed
-/// out by this process are skipped; a port some other process holds fails the bind check.
-pub fn free_ports(count: usize) -> Vec<u16> {
-    const FIRST: u16 = 20_000;
-    const END: u16 = 32_768;
-    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
-    let mut next = NEXT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Test binaries start at different places, so two run side by side rarely probe the same ports.
-    let mut port =
-        next.unwrap_or_else(|| FIRST + (std::process::id() % u32::from(END - FIRST)) as u16);
-    let mut ports = Vec::with_capacity(count);
-    for _ in 0..u32::from(END - FIRST) {
-        if ports.len() == count {
-            break;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            ports.push(port);
-        }
-        port = if port + 1 >= END { FIRST } else { port + 1 };
-    }
-    *next = Some(port);
-    assert_eq!(
-        ports.len(),
-        count,
-        "no {count} free ports in {FIRST}..{END}"
-    );
-    ports
 }
 
 /// Request timeout of the clients a [`Cluster`] hands out: long enough for any correct answer (the

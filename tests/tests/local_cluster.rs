@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvcluster_tests::{free_ports, kvctl, kvctl_bin, kvnode_bin};
+use kvcluster_tests::{free_block, kvctl, kvctl_bin, kvnode_bin};
 
 /// Stops `kvctl up` (and so its nodes) with SIGTERM when the test ends, even by panicking: kvctl starts
 /// the nodes in their own process group, so killing kvctl outright would orphan them.
@@ -41,13 +41,8 @@ impl UpCluster {
     /// Starts `kvctl up --nodes 3` on free ports, with stdin piped, and waits for its banner.
     fn start() -> UpCluster {
         let data = tempfile::tempdir().unwrap();
-        // kvctl up takes consecutive ports, and the peer ports 1000 above them: find three free
-        // ones in a row whose peer ports are free too.
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        let base = (0..50)
-            .map(|_| free_ports(1)[0])
-            .find(|&p| p < 64000 && (0..3).all(|i| free(p + i) && free(p + 1000 + i)))
-            .expect("three consecutive free ports with free peer ports");
+        // kvctl up takes consecutive ports, and the peer ports 1000 above them.
+        let base = free_block(3, &[0, 1000]);
         let mut up = Command::new(kvctl_bin())
             .args([
                 "up",
