@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod ttl;
 pub mod watch;
+pub mod batch;
+pub mod list;
 
 /// Prefix of the public key-value routes: `GET|PUT|DELETE /v1/kv/{key}` (key percent-encoded).
 pub const KV_PREFIX: &str = "/v1/kv/";

@@ -82,7 +82,7 @@ impl Nodes {
     /// Runs `request` against one node after another until it succeeds, fails for good, or the
     /// attempts or the deadline run out; returns the last error then. Requests start at successive
     /// nodes, so load spreads and a dead node costs each request at most one attempt.
-    async fn with_failover<T, F, Fut>(&self, mut request: F) -> Result<T, Error>
+    pub(crate) async fn with_failover<T, F, Fut>(&self, mut request: F) -> Result<T, Error>
     where
         F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,

@@ -22,12 +22,14 @@
 //!
 //! With a token and a private CA: `Client::builder("https://kv-0.example:8080").token("…").ca_cert_pem(pem)
 //! .build()?`. Through several nodes, with failover and retries: [`Nodes`]; read-modify-write with
-//! the caller's merge of siblings: [`Nodes::update`].
+//! the caller's merge of siblings: [`Nodes::update`]. The keys under a prefix: [`Client::list`] and
+//! [`Client::list_all`]; many keys in one request: [`Client::batch`].
 
 pub mod backup;
 mod connect;
 mod failover;
 mod watch;
+mod list;
 
 use std::time::Duration;
 
@@ -47,6 +49,7 @@ use reqwest::{StatusCode, Url};
 pub use connect::ClientBuilder;
 pub use failover::{Nodes, RetryPolicy, is_retryable};
 pub use watch::Changes;
+pub use list::{BatchOptions, ListOptions};
 
 /// Overall deadline of a request made by [`Client::new`] when the request sets no `timeout_ms`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -693,7 +696,7 @@ fn parse_not_found(header_context: Option<String>, body: &[u8]) -> Result<ReadRe
 /// Decodes the JSON body of a successful admin answer.
 fn parse_admin_json<T: serde::de::DeserializeOwned>(route: &str, body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body)
-        .map_err(|e| Error::InvalidResponse(format!("the answer to GET {route} is not valid: {e}")))
+        .map_err(|e| Error::InvalidResponse(format!("the answer to {route} is not valid: {e}")))
 }
 
 /// The [`Error::Server`] for an error answer.

@@ -87,6 +87,12 @@ enum Command {
     ///
     /// Writes a tombstone; prints nothing on success.
     Delete(DeleteArgs),
+    /// List the keys under a prefix
+    ///
+    /// Follows the listing's pages to the end: keys in byte order on stdout, one per line as raw
+    /// bytes (with --values, `KEY = VALUE` lines per live value instead). Not a snapshot: a key
+    /// acknowledged before the listing began and not deleted is listed (when W + R > N).
+    List(cmd::list::ListArgs),
     /// Start a local cluster in the foreground
     ///
     /// Starts --nodes kvnode processes on loopback: node kv-i listens on 127.0.0.1:(PORT+i), keeps its data in
@@ -299,6 +305,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Get(args) => get(&client, args).await,
         Command::Put(args) => put(&client, args).await,
         Command::Delete(args) => delete(&client, args).await,
+        Command::List(args) => cmd::list::run(&client, args).await,
         Command::Ring(args) => cmd::admin::ring(&client, args).await,
         Command::Status(args) => cmd::admin::status(&client, args).await,
         Command::Cluster(command) => cmd::cluster::run(&client, command).await,

@@ -168,6 +168,17 @@ impl SiblingSet {
         self.siblings.iter().filter(|s| !s.is_tombstone())
     }
 
+    /// This state with every value emptied, dots, tombstones and context kept: it merges and tells
+    /// a live key from a deleted one as the full state does, at a fraction of the bytes.
+    pub fn without_values(mut self) -> Self {
+        for s in &mut self.siblings {
+            if let Some(value) = &mut s.value {
+                value.clear();
+            }
+        }
+        self
+    }
+
     /// The causal context of this state: every event it has seen.
     pub fn context(&self) -> &VersionVector {
         &self.seen

@@ -213,6 +213,24 @@ impl ContextKeys {
     }
 }
 
+impl ContextKeys {
+    /// An HMAC-SHA256 tag of `data` under `domain` with the signing key, for the other opaque tokens
+    /// the cluster hands out (listing cursors). `domain` must differ from every other use.
+    pub fn tag(&self, domain: &[u8], data: &[u8]) -> Vec<u8> {
+        hmac::sign(&self.keys[0], &[domain, data].concat())
+            .as_ref()
+            .to_vec()
+    }
+
+    /// Whether `tag` is [`ContextKeys::tag`] of `data` under `domain` with any of the keys.
+    pub fn verify(&self, domain: &[u8], data: &[u8], tag: &[u8]) -> bool {
+        let input = [domain, data].concat();
+        self.keys
+            .iter()
+            .any(|k| hmac::verify(k, &input, tag).is_ok())
+    }
+}
+
 /// What the tag covers: a domain label, the key (length-prefixed) and the version byte plus body.
 fn tag_input(key: &[u8], signed: &[u8]) -> Vec<u8> {
     let mut input = Vec::with_capacity(TAG_DOMAIN.len() + 4 + key.len() + signed.len());

@@ -10,6 +10,9 @@
 //! Replication RPCs run as their own tasks, so the replicas past the quorum still get the write after
 //! the client has its answer.
 
+pub mod batch;
+pub mod list;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +83,9 @@ impl Tally {
             .map(|(&replied, &required)| Error::QuorumNotReached { replied, required })
     }
 }
+
+/// The fallbacks of one write, taken in turn by its replication tasks.
+type Fallbacks = Arc<parking_lot::Mutex<std::vec::IntoIter<String>>>;
 
 /// One replica's answer to a read.
 type ReadReply = (String, Result<Arc<SiblingSet>, Error>);
@@ -214,20 +220,7 @@ impl Coordinator {
             .write(partition, key.clone(), context, mutation)
             .await?;
         tally.ack(me);
-        let fallbacks: Vec<String> = if view.config.sloppy_quorum {
-            let mut f: Vec<String> = view
-                .ring
-                .fallbacks(partition)
-                .filter(|m| !owners.iter().any(|o| o == m))
-                .map(String::from)
-                .collect();
-            // Live fallbacks first, in ring order.
-            f.sort_by_key(|m| !self.membership.is_alive(m));
-            f
-        } else {
-            Vec::new()
-        };
-        let fallbacks = Arc::new(parking_lot::Mutex::new(fallbacks.into_iter()));
+        let fallbacks = self.fallbacks(&view, partition, &owners);
         let (tx, mut rx) = mpsc::channel::<(String, bool)>(owners.len());
         for replica in owners.iter().filter(|r| *r != me) {
             let tx = tx.clone();
@@ -261,6 +254,24 @@ impl Coordinator {
             return Err(missed);
         }
         Ok(state)
+    }
+
+    /// Where replicas of `partition` that do not take a write send it instead, shared by the write's
+    /// replication tasks: live fallbacks first, in ring order; none under strict quorum.
+    fn fallbacks(&self, view: &View, partition: u16, owners: &[String]) -> Fallbacks {
+        let fallbacks: Vec<String> = if view.config.sloppy_quorum {
+            let mut f: Vec<String> = view
+                .ring
+                .fallbacks(partition)
+                .filter(|m| !owners.iter().any(|o| o == m))
+                .map(String::from)
+                .collect();
+            f.sort_by_key(|m| !self.membership.is_alive(m));
+            f
+        } else {
+            Vec::new()
+        };
+        Arc::new(parking_lot::Mutex::new(fallbacks.into_iter()))
     }
 
     /// The current view and the key's partition under it.

@@ -21,6 +21,8 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::time::Instant;
 
+mod batch;
+
 use crate::{Access, EXIT_REFUSED, EXIT_UNREACHABLE, local_failure, stderr_line, stdout_bytes};
 
 /// Largest `--keys`.
@@ -113,6 +115,13 @@ pub(crate) struct BenchArgs {
     #[arg(long, env = "KVCTL_BENCH_TIMEOUT", default_value = "5s", value_name = "DURATION",
           value_parser = parse_positive_duration)]
     pub(crate) timeout: Duration,
+
+    /// Operations per request: each request is one `POST /v1/batch` of this many operations on
+    /// distinct keys (1: single-key requests). Each item counts as an operation, with its batch's
+    /// latency; --max-ops counts requests.
+    #[arg(long, env = "KVCTL_BENCH_BATCH", default_value_t = 1, value_name = "K",
+          value_parser = clap::value_parser!(u32).range(1..=kvapi::batch::MAX_BATCH_ITEMS as i64))]
+    pub(crate) batch: u32,
 
     /// Print the result as JSON on stdout instead of the table.
     #[arg(long)]
@@ -420,6 +429,8 @@ pub(crate) struct Plan {
     max_ops: u64,
     /// Per-request client deadline.
     timeout: Duration,
+    /// Operations per request.
+    batch: u32,
 }
 
 /// Checks the arguments and builds the plan (`default_endpoint` is the global `--endpoint`).
@@ -466,6 +477,7 @@ pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, Str
         preload_timeout: args.preload_timeout,
         max_ops: args.max_ops.unwrap_or(DEFAULT_MAX_OPS),
         timeout: args.timeout,
+        batch: args.batch,
     })
 }
 
@@ -516,10 +528,22 @@ async fn client_loop(
             tokio::time::sleep_until(shared.measure_start).await;
             continue;
         }
-        let key_index = shared.chooser.next(&mut rng);
-        let key = key_name(key_index);
         let client = &shared.clients[endpoint];
         endpoint = (endpoint + 1) % shared.clients.len();
+        if plan.batch > 1 {
+            batch::step(
+                &shared,
+                client,
+                &mut rng,
+                &mut contexts,
+                measuring,
+                &mut stats,
+            )
+            .await;
+            continue;
+        }
+        let key_index = shared.chooser.next(&mut rng);
+        let key = key_name(key_index);
         let read = rng.random_bool(plan.read_ratio);
         let started = Instant::now();
         if read {
@@ -1160,6 +1184,7 @@ mod tests {
             preload_timeout: Duration::from_secs(1),
             max_ops: 10,
             timeout: Duration::from_secs(1),
+            batch: 1,
         }
     }
 

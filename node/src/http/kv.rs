@@ -183,7 +183,7 @@ async fn write(
     Ok(response)
 }
 
-fn read_response(set: &SiblingSet, context: String) -> ReadResponse {
+pub(super) fn read_response(set: &SiblingSet, context: String) -> ReadResponse {
     let engine = base64::engine::general_purpose::STANDARD;
     ReadResponse {
         context,

@@ -1,6 +1,7 @@
 //! HTTP: the routes of a node and the connection loop that enforces the transport limits.
 //!
 //! - `kv`: the public key-value routes, which parse and validate requests and call the coordinator;
+//! - `list` and `batch`: listing the keys under a prefix, and many keys' operations in one request;
 //! - `admin`: health, metrics and the `/admin/v1/` routes;
 //! - `peer`: peer RPC, one message in and one answer out, served on the peer port only;
 //! - `auth`: the bearer tokens, checked in front of every route.
@@ -11,11 +12,14 @@
 
 mod admin;
 pub mod auth;
+mod batch;
 mod in_flight;
 mod kv;
+mod list;
 mod peer;
 mod peer_checks;
 mod watch;
+mod query;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -123,8 +127,9 @@ pub struct ConnectionLimits {
 pub fn routers(node: Arc<Node>) -> (Router, Router) {
     let bound = in_flight::InFlight::new(node.max_requests_in_flight, node.metrics.clone());
     let client = Router::new()
-        .route("/v1/kv", any(kv::kv))
-        .route("/v1/kv/", any(kv::kv))
+        .route(kvapi::list::LIST_PATH, any(list::list))
+        .route(kvapi::KV_PREFIX, any(kv::kv))
+        .route(kvapi::batch::BATCH_PATH, any(batch::batch))
         .route("/v1/kv/{*key}", any(kv::kv))
         .route(kvapi::watch::WATCH, any(watch::feed))
         .route(kvapi::HEALTH_LIVE, any(admin::live))
@@ -302,7 +307,8 @@ fn insert_context(headers: &mut HeaderMap, context: &str) {
     }
 }
 
-fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
+/// An error's HTTP status and JSON body (also what a peer's `Failed` answer carries).
+pub fn error_parts(error: &Error) -> (StatusCode, ErrorBody) {
     if let Error::Remote { status, body } = error {
         let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
         return (status, body.clone());

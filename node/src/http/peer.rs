@@ -13,7 +13,9 @@ use super::{MAX_TIMEOUT_MS, Node, error_parts, error_response, read_value};
 use crate::causality::SiblingSet;
 use crate::error::Error;
 use crate::replica::Mutation;
+use crate::rpc::items::Outcome;
 use crate::rpc::{self, RequestBody, ResponseBody, RpcRequest, RpcResponse};
+use crate::storage::listing::ListRange;
 
 /// `POST /internal/v1/rpc`: one peer message in, one answer out.
 pub(super) async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) -> Response {
@@ -147,6 +149,56 @@ async fn answer_peer(node: &Node, body: RequestBody) -> ResponseBody {
         RequestBody::HintsPending { partition } => Ok(ResponseBody::HintsPending(
             node.replica.storage().hints_pending_in(partition),
         )),
+        RequestBody::List {
+            partitions,
+            prefix,
+            start,
+            limit,
+            max_bytes,
+            values,
+        } => {
+            // A peer's budget is honoured up to a batch, so no answer outgrows the message limit.
+            let max_bytes = usize::try_from(max_bytes)
+                .unwrap_or(usize::MAX)
+                .min(rpc::MAX_BATCH_BYTES);
+            node.replica
+                .with_storage(move |s| {
+                    let range = ListRange {
+                        prefix: &prefix,
+                        start: &start,
+                        limit: limit as usize,
+                        max_bytes,
+                        values,
+                    };
+                    s.list(&partitions, &range)
+                })
+                .await
+                .map(|scan| ResponseBody::Listed {
+                    records: scan.records,
+                    end: scan.end,
+                })
+        }
+        RequestBody::ReadMany(keys) => Ok(ResponseBody::Outcomes(
+            node.coordinator.read_local(keys).await,
+        )),
+        RequestBody::MergeMany(hints) => Ok(ResponseBody::Outcomes(
+            node.coordinator.merge_local(hints).await,
+        )),
+        RequestBody::CoordinateMany {
+            writes,
+            w,
+            timeout_ms,
+        } => {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(timeout_ms.min(MAX_TIMEOUT_MS));
+            let results = node.coordinator.write_many(writes, w, deadline, true).await;
+            Ok(ResponseBody::Outcomes(
+                results
+                    .into_iter()
+                    .map(|r| Outcome::of(r.map(|set| Outcome::State(SiblingSet::clone(&set)))))
+                    .collect(),
+            ))
+        }
         RequestBody::Coordinate {
             key,
             context,

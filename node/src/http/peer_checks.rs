@@ -6,8 +6,9 @@
 //! - `epoch_jump`: the sender's epoch is more than [`MAX_EPOCH_JUMP`] past ours;
 //! - `not_member`: the sender is not a member of the current ring or the one being left, for every
 //!   message but those a non-member sends in normal operation: `Ping` and `FetchConfig` (a node
-//!   behind or removed catches up with them), `Read`, `Changes`, `Coordinate` and `Merge` (any node
-//!   coordinates reads and feeds and forwards writes, and repairs what it read), `DeliverHints` (a removed member hands off
+//!   behind or removed catches up with them), `Read`, `Changes`, `Coordinate` and `Merge` and the
+//!   batched forms `List`, `ReadMany`, `CoordinateMany` and `MergeMany` (any node coordinates reads,
+//!   feeds and listings, forwards writes, and repairs what it read), `DeliverHints` (a removed member hands off
 //!   the hints it still holds);
 //! - `partition`: a partition outside the ring's partition count;
 //! - `key`: a key that is empty, longer than [`MAX_KEY_BYTES`], or not of the partition it is sent
@@ -16,6 +17,9 @@
 //! - `value`, `quorum`, `ttl`: a forwarded write's value above the value limit, its `w` outside
 //!   1..=N, or its ttl outside the `?ttl=` bounds (or on a delete);
 //! - `changes`: a change-feed request whose prefix, wait or limit is past the feed's bounds;
+//! - `batch`: a batched message of more items than a client batch may hold;
+//! - `limit`: a listing's limit outside 1..=1000 (its partitions must be increasing and in range,
+//!   its prefix and start key no longer than a key);
 //! - `hint_target`: a hint for something that is not a member id, not a member, or this node;
 //! - `not_owner`: delivered hints of a partition this node does not hold, or a tombstone purge for
 //!   a partition that the sender and this node do not both hold in the settled current ring.
@@ -81,34 +85,9 @@ pub(super) fn check(
             ..
         } => {
             key_length(key)?;
-            if let Some(ms) = ttl_ms {
-                let ttl = std::time::Duration::from_millis(*ms);
-                if value.is_none() || !(kvapi::ttl::MIN_TTL..=kvapi::ttl::MAX_TTL).contains(&ttl) {
-                    return Err(refuse(
-                        "ttl",
-                        format!("ttl of {ms} ms is outside the bounds, or given for a delete"),
-                    ));
-                }
-            }
-            if let Some(value) = value
-                && value.len() > max_value_bytes
-            {
-                return Err(refuse(
-                    "value",
-                    format!(
-                        "value of {} bytes is above the limit of {max_value_bytes}",
-                        value.len()
-                    ),
-                ));
-            }
-            let n = view.config.n.max(view.config.transition_from.as_ref().map_or(0, |p| p.n));
-            match w {
-                Some(w) if !(1..=n).contains(w) => Err(refuse(
-                    "quorum",
-                    format!("w = {w} is outside 1..={n}"),
-                )),
-                _ => Ok(()),
-            }
+            ttl(*ttl_ms, value.is_some())?;
+            value_size(value.as_deref(), max_value_bytes)?;
+            quorum(view, *w)
         }
         RequestBody::StoreHint { target, hint } => {
             hint_target(me, view, target)?;
@@ -166,6 +145,57 @@ pub(super) fn check(
                 ))
             }
         }
+        RequestBody::List {
+            partitions: asked,
+            prefix,
+            start,
+            limit,
+            ..
+        } => {
+            if !asked.windows(2).all(|w| w[0] < w[1]) {
+                return Err(refuse(
+                    "partition",
+                    "a listing's partitions must be increasing".to_string(),
+                ));
+            }
+            asked.iter().try_for_each(|&p| in_range(partitions, p))?;
+            if prefix.len() > MAX_KEY_BYTES || start.len() > MAX_KEY_BYTES {
+                return Err(refuse(
+                    "key",
+                    format!("a listing's prefix and start must be at most {MAX_KEY_BYTES} bytes"),
+                ));
+            }
+            if !(1..=kvapi::list::MAX_LIST_LIMIT as u32).contains(limit) {
+                return Err(refuse(
+                    "limit",
+                    format!(
+                        "a listing's limit must be in 1..={}, got {limit}",
+                        kvapi::list::MAX_LIST_LIMIT
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        RequestBody::ReadMany(keys) => {
+            batch_size(keys.len())?;
+            keys.iter()
+                .try_for_each(|(partition, key)| keyed(partitions, *partition, key))
+        }
+        RequestBody::MergeMany(hints) => {
+            batch_size(hints.len())?;
+            hints
+                .iter()
+                .try_for_each(|hint| keyed(partitions, hint.partition, &hint.key))
+        }
+        RequestBody::CoordinateMany { writes, w, .. } => {
+            batch_size(writes.len())?;
+            writes.iter().try_for_each(|write| {
+                key_length(&write.key)?;
+                ttl(write.ttl_ms, write.value.is_some())?;
+                value_size(write.value.as_deref(), max_value_bytes)
+            })?;
+            quorum(view, *w)
+        }
         RequestBody::MergeBatch { partition, records } => records
             .iter()
             .try_for_each(|(key, _)| keyed(partitions, *partition, key)),
@@ -197,8 +227,72 @@ fn needs_member(body: &RequestBody) -> bool {
             | RequestBody::Changes { .. }
             | RequestBody::Coordinate { .. }
             | RequestBody::Merge { .. }
+            | RequestBody::List { .. }
+            | RequestBody::ReadMany(_)
+            | RequestBody::CoordinateMany { .. }
+            | RequestBody::MergeMany(_)
             | RequestBody::DeliverHints(_)
     )
+}
+
+/// A forwarded write's value within the value limit.
+fn value_size(value: Option<&[u8]>, max_value_bytes: usize) -> Result<(), Refusal> {
+    match value {
+        Some(value) if value.len() > max_value_bytes => Err(refuse(
+            "value",
+            format!(
+                "value of {} bytes is above the limit of {max_value_bytes}",
+                value.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A forwarded write's ttl within the `?ttl=` bounds, and only on a put.
+fn ttl(ttl_ms: Option<u64>, put: bool) -> Result<(), Refusal> {
+    match ttl_ms {
+        Some(ms)
+            if !put
+                || !(kvapi::ttl::MIN_TTL..=kvapi::ttl::MAX_TTL)
+                    .contains(&std::time::Duration::from_millis(ms)) =>
+        {
+            Err(refuse(
+                "ttl",
+                format!("ttl of {ms} ms is outside the bounds, or given for a delete"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A forwarded write's `w` within 1..=N (of either ring during a transition).
+fn quorum(view: &View, w: Option<u32>) -> Result<(), Refusal> {
+    let n = view
+        .config
+        .n
+        .max(view.config.transition_from.as_ref().map_or(0, |p| p.n));
+    match w {
+        Some(w) if !(1..=n).contains(&w) => {
+            Err(refuse("quorum", format!("w = {w} is outside 1..={n}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A batched message of at most a client batch's items.
+fn batch_size(items: usize) -> Result<(), Refusal> {
+    if items <= kvapi::batch::MAX_BATCH_ITEMS {
+        Ok(())
+    } else {
+        Err(refuse(
+            "batch",
+            format!(
+                "{items} items is above the batch limit of {}",
+                kvapi::batch::MAX_BATCH_ITEMS
+            ),
+        ))
+    }
 }
 
 fn in_range(partitions: u32, partition: u16) -> Result<(), Refusal> {

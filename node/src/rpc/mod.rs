@@ -30,6 +30,8 @@ use crate::storage::hints::Hint;
 use crate::supervisor::Stop;
 use crate::tls::{PeerTls, Reloading};
 
+pub mod items;
+
 /// Route of peer RPC.
 pub const RPC_PATH: &str = "/internal/v1/rpc";
 /// Current message format version.
@@ -165,6 +167,36 @@ pub enum RequestBody {
         /// Most keys in the answer.
         limit: u32,
     },
+    /// Send me your smallest records of these partitions under `prefix`, from key `start` on, at
+    /// most `limit` of them and about `max_bytes` (a listing; see `storage::listing`).
+    List {
+        /// The partitions, each at most once.
+        partitions: Vec<u16>,
+        /// Only keys with this prefix.
+        prefix: Vec<u8>,
+        /// Only keys at or after this one.
+        start: Vec<u8>,
+        /// Most records.
+        limit: u32,
+        /// Byte budget of the answer.
+        max_bytes: u64,
+        /// Whether to send values (else every value is emptied).
+        values: bool,
+    },
+    /// Send me your states of these keys (a batch's reads): one outcome per key, in order.
+    ReadMany(Vec<(u16, Vec<u8>)>),
+    /// Merge these states (a batch's replication): one outcome per record, in order.
+    MergeMany(Vec<Hint>),
+    /// Coordinate these client writes, as many `Coordinate`s (a batch's writes to keys you hold and
+    /// I do not): one outcome per write, in order.
+    CoordinateMany {
+        /// The writes.
+        writes: Vec<items::Write>,
+        /// Requested write quorum, if not the cluster default.
+        w: Option<u32>,
+        /// Time left of the client's deadline, in milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 impl RequestBody {
@@ -185,6 +217,10 @@ impl RequestBody {
             RequestBody::TransferProgress => "transfer_progress",
             RequestBody::HintsPending { .. } => "hints_pending",
             RequestBody::Changes { .. } => "changes",
+            RequestBody::List { .. } => "list",
+            RequestBody::ReadMany(_) => "read_many",
+            RequestBody::MergeMany(_) => "merge_many",
+            RequestBody::CoordinateMany { .. } => "coordinate_many",
         }
     }
 }
@@ -245,11 +281,20 @@ pub enum ResponseBody {
         /// Position after the last key returned.
         position: crate::watch::Position,
     },
+    /// Answer to `List`: records in key order, complete below `end` (or outright when `None`).
+    Listed {
+        /// `(key, state)` pairs.
+        records: Vec<(Vec<u8>, SiblingSet)>,
+        /// The first key not known to be complete, if any.
+        end: Option<Vec<u8>>,
+    },
+    /// Answer to `ReadMany`, `MergeMany` and `CoordinateMany`: one outcome per item, in order.
+    Outcomes(Vec<items::Outcome>),
 }
 
 /// Carries a type of the public JSON contract (`kvapi`) inside a postcard message as its JSON text:
 /// those types skip absent optional fields, which a format without field names cannot decode.
-mod as_json {
+pub(crate) mod as_json {
     use serde::de::{DeserializeOwned, Error as _};
     use serde::ser::Error as _;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

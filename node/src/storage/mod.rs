@@ -11,6 +11,7 @@ pub mod cache;
 pub mod codec;
 pub mod hints;
 mod legacy;
+pub mod listing;
 pub mod scan;
 pub mod snapshot;
 mod wal_health;

@@ -190,7 +190,7 @@ impl Storage {
 }
 
 /// Read options bounding an iterator to one partition's key range.
-fn partition_bounds(partition: u16) -> ReadOptions {
+pub(super) fn partition_bounds(partition: u16) -> ReadOptions {
     let mut options = ReadOptions::default();
     match partition.checked_add(1) {
         Some(next) => options.set_iterate_upper_bound(next.to_be_bytes().to_vec()),
