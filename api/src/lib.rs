@@ -5,10 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-pub mod ttl;
-pub mod watch;
 pub mod batch;
 pub mod list;
+pub mod ttl;
+pub mod watch;
 
 /// Prefix of the public key-value routes: `GET|PUT|DELETE /v1/kv/{key}` (key percent-encoded).
 pub const KV_PREFIX: &str = "/v1/kv/";

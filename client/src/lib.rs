@@ -28,8 +28,8 @@
 pub mod backup;
 mod connect;
 mod failover;
-mod watch;
 mod list;
+mod watch;
 
 use std::time::Duration;
 
@@ -48,8 +48,8 @@ use reqwest::{StatusCode, Url};
 
 pub use connect::ClientBuilder;
 pub use failover::{Nodes, RetryPolicy, is_retryable};
-pub use watch::Changes;
 pub use list::{BatchOptions, ListOptions};
+pub use watch::Changes;
 
 /// Overall deadline of a request made by [`Client::new`] when the request sets no `timeout_ms`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

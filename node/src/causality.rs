@@ -299,6 +299,22 @@ impl SiblingSet {
 }
 
 #[cfg(test)]
+impl SiblingSet {
+    /// The state after one blind write of `value` (`None`: a delete) by `kv-0`, for tests.
+    pub(crate) fn one_write(value: Option<&[u8]>) -> SiblingSet {
+        let mut set = SiblingSet::default();
+        let written = set.update(
+            &VersionVector::default(),
+            &Actor::new("kv-0", 1),
+            value.map(<[u8]>::to_vec),
+            0,
+        );
+        assert!(written.is_ok(), "a first write always gets a dot");
+        set
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -21,6 +21,13 @@ fn item(op: BatchOp, key: &str, value: Option<&str>, context: Option<&str>) -> B
     }
 }
 
+/// Puts without a context of each `(key, value)`.
+fn blind_puts(pairs: impl Iterator<Item = (String, String)>) -> Vec<BatchItem> {
+    pairs
+        .map(|(key, value)| item(BatchOp::Put, &key, Some(&value), None))
+        .collect()
+}
+
 async fn post(client: &KvClient, query: &str, body: Vec<u8>) -> Resp {
     client
         .request(
@@ -54,16 +61,7 @@ fn values(result: &BatchResult) -> Vec<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mixed_items_get_one_result_each_and_a_forged_context_refuses_only_its_item() {
     let cluster = Cluster::start(3, 3, 2, 2).await;
-    let puts: Vec<BatchItem> = (0..50)
-        .map(|i| {
-            item(
-                BatchOp::Put,
-                &format!("b/{i}"),
-                Some(&format!("v{i}")),
-                None,
-            )
-        })
-        .collect();
+    let puts = blind_puts((0..50).map(|i| (format!("b/{i}"), format!("v{i}"))));
     let results = batch(cluster.client(0), &puts).await;
     assert!(
         results
@@ -192,16 +190,8 @@ async fn a_node_killed_during_batches_leaves_w2_acknowledging_and_every_acknowle
         let mut acknowledged = Vec::new();
         // Bounded: 30 batches of 100.
         for round in 0..30 {
-            let items: Vec<BatchItem> = (0..100)
-                .map(|i| {
-                    item(
-                        BatchOp::Put,
-                        &format!("kill/{round}/{i}"),
-                        Some(&format!("{round}.{i}")),
-                        None,
-                    )
-                })
-                .collect();
+            let items =
+                blind_puts((0..100).map(|i| (format!("kill/{round}/{i}"), format!("{round}.{i}"))));
             let client = &clients[round % 2];
             let body = serde_json::to_vec(&serde_json::json!({ "items": items })).unwrap();
             let resp = post(client, "?w=2&timeout_ms=5000", body).await;
@@ -296,7 +286,12 @@ async fn a_put_item_takes_a_ttl_and_its_expired_value_reads_absent_in_a_batch() 
     // A write with the expired key's context supersedes it, as a single PUT does.
     let rewrite = batch(
         cluster.client(0),
-        &[item(BatchOp::Put, "e/short", Some("w"), after[0].context.as_deref())],
+        &[item(
+            BatchOp::Put,
+            "e/short",
+            Some("w"),
+            after[0].context.as_deref(),
+        )],
     )
     .await;
     assert_eq!(rewrite[0].status, 204);
@@ -340,7 +335,9 @@ async fn feed_until(
 async fn batch_writes_reach_the_change_feed_and_wake_key_watchers_on_other_replicas() {
     let cluster = Cluster::start(3, 3, 2, 2).await;
     let reader = cluster.client(1).clone();
-    let resp = reader.request("GET", "/v1/watch?prefix=f%2F", &[], None).await;
+    let resp = reader
+        .request("GET", "/v1/watch?prefix=f%2F", &[], None)
+        .await;
     let cursor = serde_json::from_slice::<FeedResponse>(&resp.body)
         .unwrap()
         .cursor;
@@ -355,7 +352,10 @@ async fn batch_writes_reach_the_change_feed_and_wake_key_watchers_on_other_repli
         (resp, Instant::now())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the watcher answered before any change");
+    assert!(
+        !waiting.is_finished(),
+        "the watcher answered before any change"
+    );
     let results = batch(
         cluster.client(0),
         &[
@@ -370,7 +370,13 @@ async fn batch_writes_reach_the_change_feed_and_wake_key_watchers_on_other_repli
     let (resp, answered) = waiting.await.unwrap();
     assert_eq!(resp.status, 300, "two blind writes are siblings: {resp}");
     let latency = answered.saturating_duration_since(written);
-    assert!(latency < Duration::from_millis(500), "woken {latency:?} after the batch");
+    assert!(
+        latency < Duration::from_millis(500),
+        "woken {latency:?} after the batch"
+    );
     let reported = feed_until(&reader, "f%2F", cursor, &["f/watched", "f/deleted"]).await;
-    assert!(!reported.contains(&b"f/read".to_vec()), "a read is no change: {reported:?}");
+    assert!(
+        !reported.contains(b"f/read".as_slice()),
+        "a read is no change: {reported:?}"
+    );
 }

@@ -12,6 +12,7 @@ use kvcluster_tests::{Cluster, ClusterOptions, NodeProcess, metric_sum};
 use kvnode::causality::{Actor, SiblingSet, VersionVector};
 use kvnode::metrics::Metrics;
 use kvnode::ring::partition_of;
+use kvnode::rpc::items::Write;
 use kvnode::rpc::{self, RequestBody, ResponseBody, RpcRequest, RpcResponse};
 use kvnode::storage::hints::{Hint, HintCaps};
 use kvnode::storage::{Durability, Storage};
@@ -295,6 +296,74 @@ async fn out_of_range_partitions_foreign_keys_and_strangers_are_refused() {
     assert_eq!(resp.status, 404, "no forged write landed: {resp}");
     let refused = metric(&cluster, 0, "kv_peer_messages_refused_total", &[]).await;
     assert_eq!(refused, 7.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batched_messages_past_their_bounds_are_refused_whole() {
+    let cluster = Cluster::start(2, 2, 1, 1).await;
+    let me = cluster.id(1);
+    let key = b"k".to_vec();
+    let partition = partition_of(&key, PARTITIONS);
+    let write = |ttl_ms| Write {
+        key: key.clone(),
+        context: VersionVector::default(),
+        value: Some(b"forged".to_vec()),
+        ttl_ms,
+    };
+    let list = |partitions: Vec<u16>, limit| RequestBody::List {
+        partitions,
+        prefix: Vec::new(),
+        start: Vec::new(),
+        limit,
+        max_bytes: 1 << 20,
+        values: true,
+    };
+    let over = kvapi::batch::MAX_BATCH_ITEMS + 1;
+    let cases = [
+        (
+            RequestBody::ReadMany(vec![(partition, key.clone()); over]),
+            "above the batch limit",
+        ),
+        (
+            RequestBody::MergeMany(vec![
+                Hint {
+                    partition,
+                    key: key.clone(),
+                    set: state(Some(b"forged"), now_ms()),
+                };
+                over
+            ]),
+            "above the batch limit",
+        ),
+        (
+            RequestBody::CoordinateMany {
+                writes: vec![write(None); over],
+                w: None,
+                timeout_ms: 1000,
+            },
+            "above the batch limit",
+        ),
+        (
+            RequestBody::CoordinateMany {
+                writes: vec![write(Some(10))],
+                w: None,
+                timeout_ms: 1000,
+            },
+            "ttl of 10 ms",
+        ),
+        (list(vec![0, 1], 1001), "limit must be in 1..=1000"),
+        (list(vec![0, 1], 0), "limit must be in 1..=1000"),
+        (list(vec![1, 0], 10), "must be increasing"),
+        (list(vec![0, 256], 10), "partition 256 is out of range"),
+    ];
+    for (body, about) in cases {
+        assert_refused(&send_peer(cluster.node(0), &me, 1, body).await, about);
+    }
+    assert_eq!(
+        cluster.client(0).get(b"k").await.status,
+        404,
+        "no forged write landed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -213,15 +213,10 @@ impl Coordinator {
                 None => Operation::Delete,
             })
             .collect();
-        let stamped = join_all(
-            writes
-                .into_iter()
-                .zip(&partitions)
-                .map(|(wr, &p)| {
-                    let mutation = wr.mutation();
-                    self.replica.write(p, wr.key.into(), wr.context, mutation)
-                }),
-        )
+        let stamped = join_all(writes.into_iter().zip(&partitions).map(|(wr, &p)| {
+            let mutation = wr.mutation();
+            self.replica.write(p, wr.key.into(), wr.context, mutation)
+        }))
         .await;
         let mut tallies: Vec<Option<Tally>> = Vec::with_capacity(stamped.len());
         let mut by_node: BTreeMap<String, Vec<(usize, Hint)>> = BTreeMap::new();
@@ -348,8 +343,15 @@ impl Coordinator {
                     let owners = view.owners(partition_of(&wr.key, view.config.partitions));
                     async move {
                         let mutation = wr.mutation();
-                        self.forward_write(&owners, wr.key.into(), wr.context, mutation, w, deadline)
-                            .await
+                        self.forward_write(
+                            &owners,
+                            wr.key.into(),
+                            wr.context,
+                            mutation,
+                            w,
+                            deadline,
+                        )
+                        .await
                     }
                 }))
                 .await
@@ -381,14 +383,8 @@ impl Coordinator {
             return Ok(self.read_local(keys).await);
         }
         let expected = keys.len();
-        match self
-            .rpc
-            .call(node, RequestBody::ReadMany(keys), remaining(deadline))
-            .await?
-        {
-            ResponseBody::Outcomes(outcomes) if outcomes.len() == expected => Ok(outcomes),
-            other => Err(other.unexpected()),
-        }
+        self.outcomes_of(node, RequestBody::ReadMany(keys), expected, deadline)
+            .await
     }
 
     /// Has `node` merge these states: here, or in one `MergeMany`.
@@ -402,11 +398,19 @@ impl Coordinator {
             return Ok(self.merge_local(hints).await);
         }
         let expected = hints.len();
-        match self
-            .rpc
-            .call(node, RequestBody::MergeMany(hints), remaining(deadline))
-            .await?
-        {
+        self.outcomes_of(node, RequestBody::MergeMany(hints), expected, deadline)
+            .await
+    }
+
+    /// Sends a batched message of `expected` items to `node`: its outcomes, one per item.
+    async fn outcomes_of(
+        &self,
+        node: &str,
+        body: RequestBody,
+        expected: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>, Error> {
+        match self.rpc.call(node, body, remaining(deadline)).await? {
             ResponseBody::Outcomes(outcomes) if outcomes.len() == expected => Ok(outcomes),
             other => Err(other.unexpected()),
         }
@@ -430,13 +434,14 @@ impl Coordinator {
     pub async fn merge_local(&self, hints: Vec<Hint>) -> Vec<Outcome> {
         let view = self.membership.view();
         let me = self.membership.node_id();
+        let epoch = view.config.epoch;
         join_all(hints.into_iter().map(|hint| {
             let owner = view.is_owner(me, hint.partition);
             async move {
                 if !owner {
                     return Outcome::of(Err(Error::NotOwner(format!(
                         "{me} does not hold partition {} at epoch {}",
-                        hint.partition, view.config.epoch
+                        hint.partition, epoch
                     ))));
                 }
                 Outcome::of(

@@ -201,18 +201,6 @@ mod tests {
     use super::*;
     use crate::causality::{Actor, VersionVector};
 
-    fn written(value: Option<&[u8]>) -> SiblingSet {
-        let mut set = SiblingSet::default();
-        set.update(
-            &VersionVector::default(),
-            &Actor::new("kv-0", 1),
-            value.map(<[u8]>::to_vec),
-            0,
-        )
-        .unwrap();
-        set
-    }
-
     fn query(limit: usize) -> ListQuery {
         ListQuery {
             prefix: b"p".to_vec(),
@@ -225,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_page_is_final_below_the_smallest_end_and_lists_keys_live_after_merging() {
-        let live = written(Some(b"v"));
+        let live = SiblingSet::one_write(Some(b"v"));
         let mut deleted = live.clone();
         deleted
             .update(&live.context().clone(), &Actor::new("kv-1", 1), None, 0)

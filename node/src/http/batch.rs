@@ -23,7 +23,7 @@ use kvapi::batch::{
     MAX_BATCH_BODY_BYTES, MAX_BATCH_ITEMS,
 };
 
-use super::{MAX_TIMEOUT_MS, Node, error_parts, error_response, kv, query, read_value};
+use super::{Node, error_parts, error_response, kv, query, read_value};
 use crate::causality::{SiblingSet, VersionVector};
 use crate::context_token::ContextKeys;
 use crate::error::Error;
@@ -136,16 +136,9 @@ fn parse_params(raw: Option<&str>, replication: u32) -> Result<BatchParams, Erro
     let mut params = BatchParams::default();
     for (name, value) in query::pairs(raw, &BATCH_PARAMS)? {
         match name {
-            "r" => params.r = Some(query::number(name, value, 1, u64::from(replication))? as u32),
-            "w" => params.w = Some(query::number(name, value, 1, u64::from(replication))? as u32),
-            _ => {
-                params.timeout = Some(Duration::from_millis(query::number(
-                    name,
-                    value,
-                    1,
-                    MAX_TIMEOUT_MS,
-                )?))
-            }
+            "r" => params.r = Some(query::quorum(name, value, replication)?),
+            "w" => params.w = Some(query::quorum(name, value, replication)?),
+            _ => params.timeout = Some(query::timeout(name, value)?),
         }
     }
     Ok(params)
@@ -161,14 +154,7 @@ fn validate(
     let key = STANDARD
         .decode(&item.key)
         .map_err(|_| Error::BadKey("key is not base64".into()))?;
-    if key.len() < kvapi::MIN_KEY_BYTES || key.len() > kvapi::MAX_KEY_BYTES {
-        return Err(Error::BadKey(format!(
-            "key must be {}..={} bytes, got {}",
-            kvapi::MIN_KEY_BYTES,
-            kvapi::MAX_KEY_BYTES,
-            key.len()
-        )));
-    }
+    kv::key_bounds(&key)?;
     let context = match &item.context {
         None => VersionVector::default(),
         Some(token) => contexts.decode(&key, token)?,
@@ -264,10 +250,7 @@ mod tests {
             Ok(Valid::Write(write)) => write.mutation().ttl,
             _ => panic!("{i:?} refused"),
         };
-        assert_eq!(
-            ttl_of(&item(BatchOp::Put, b"k", Some(b"v"), None)),
-            default
-        );
+        assert_eq!(ttl_of(&item(BatchOp::Put, b"k", Some(b"v"), None)), default);
         assert_eq!(
             ttl_of(&ttl(BatchOp::Put, "30s")),
             Some(Duration::from_secs(30))

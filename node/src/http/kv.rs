@@ -205,16 +205,16 @@ pub(super) fn read_response(set: &SiblingSet, context: String) -> ReadResponse {
 /// Decodes the key from the raw path `/v1/kv/{percent-encoded key}`.
 fn parse_key(path: &str) -> Result<Vec<u8>, Error> {
     let encoded = path.strip_prefix(kvapi::KV_PREFIX).unwrap_or_default();
-    let bytes = encoded.as_bytes();
-    for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'%') {
-        let valid = bytes
-            .get(i + 1..i + 3)
-            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
-        if !valid {
-            return Err(Error::BadKey(format!("invalid percent-escape at byte {i}")));
-        }
+    if let Some(i) = super::query::bad_escape(encoded) {
+        return Err(Error::BadKey(format!("invalid percent-escape at byte {i}")));
     }
-    let key: Vec<u8> = percent_encoding::percent_decode(bytes).collect();
+    let key: Vec<u8> = percent_encoding::percent_decode(encoded.as_bytes()).collect();
+    key_bounds(&key)?;
+    Ok(key)
+}
+
+/// Refuses a key outside [`kvapi::MIN_KEY_BYTES`]`..=`[`kvapi::MAX_KEY_BYTES`] bytes.
+pub(super) fn key_bounds(key: &[u8]) -> Result<(), Error> {
     if key.len() < kvapi::MIN_KEY_BYTES || key.len() > kvapi::MAX_KEY_BYTES {
         return Err(Error::BadKey(format!(
             "key must be {}..={} bytes, got {}",
@@ -223,7 +223,7 @@ fn parse_key(path: &str) -> Result<Vec<u8>, Error> {
             key.len()
         )));
     }
-    Ok(key)
+    Ok(())
 }
 
 /// Validates the query string: only known parameters, each at most once, in range.

@@ -19,7 +19,7 @@ use kvapi::list::{
     DEFAULT_LIST_LIMIT, LIST_PARAMS, ListPage, ListedKey, MAX_CURSOR_CHARS, MAX_LIST_LIMIT,
 };
 
-use super::{MAX_TIMEOUT_MS, Node, error_response, kv, query};
+use super::{Node, error_response, kv, query};
 use crate::context_token::ContextKeys;
 use crate::coordinator::list::ListQuery;
 use crate::error::Error;
@@ -109,17 +109,8 @@ fn parse(raw: Option<&str>, replication: u32, contexts: &ContextKeys) -> Result<
                 params.query.limit = query::number(name, value, 1, MAX_LIST_LIMIT as u64)? as usize
             }
             "values" => params.query.values = query::boolean(name, value)?,
-            "r" => {
-                params.query.r = Some(query::number(name, value, 1, u64::from(replication))? as u32)
-            }
-            _ => {
-                params.timeout = Some(Duration::from_millis(query::number(
-                    name,
-                    value,
-                    1,
-                    MAX_TIMEOUT_MS,
-                )?))
-            }
+            "r" => params.query.r = Some(query::quorum(name, value, replication)?),
+            _ => params.timeout = Some(query::timeout(name, value)?),
         }
     }
     if prefix.len() > MAX_KEY_BYTES {

@@ -18,8 +18,8 @@ mod kv;
 mod list;
 mod peer;
 mod peer_checks;
-mod watch;
 mod query;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;

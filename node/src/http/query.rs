@@ -1,6 +1,9 @@
 //! Query-string parsing shared by the listing and batch routes: known names only, each at most
 //! once, strict percent-decoding, bounded numbers.
 
+use std::time::Duration;
+
+use super::MAX_TIMEOUT_MS;
 use crate::error::Error;
 
 /// The `name=value` pairs of `query`, refusing a name outside `known` or given twice.
@@ -57,18 +60,40 @@ pub(super) fn boolean(name: &str, value: &str) -> Result<bool, Error> {
 
 /// The bytes of a percent-encoded `value` (`+` is a plus sign), refusing a broken escape.
 pub(super) fn bytes(name: &str, value: &str) -> Result<Vec<u8>, Error> {
-    let raw = value.as_bytes();
-    for (i, _) in raw.iter().enumerate().filter(|(_, b)| **b == b'%') {
-        let valid = raw
-            .get(i + 1..i + 3)
-            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
-        if !valid {
-            return Err(Error::BadParameter(format!(
-                "{name} has an invalid percent-escape at byte {i}"
-            )));
-        }
+    match bad_escape(value) {
+        Some(i) => Err(Error::BadParameter(format!(
+            "{name} has an invalid percent-escape at byte {i}"
+        ))),
+        None => Ok(percent_encoding::percent_decode(value.as_bytes()).collect()),
     }
-    Ok(percent_encoding::percent_decode(raw).collect())
+}
+
+/// Where `text` holds a `%` not followed by two hex digits, if anywhere.
+pub(super) fn bad_escape(text: &str) -> Option<usize> {
+    let raw = text.as_bytes();
+    raw.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .map(|(i, _)| i)
+        .find(|&i| {
+            !raw.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        })
+}
+
+/// `value` of `r` or `w` as a quorum in 1..=`replication`.
+pub(super) fn quorum(name: &str, value: &str, replication: u32) -> Result<u32, Error> {
+    Ok(number(name, value, 1, u64::from(replication))? as u32)
+}
+
+/// `value` of `timeout_ms` as a deadline of 1..=[`MAX_TIMEOUT_MS`] milliseconds.
+pub(super) fn timeout(name: &str, value: &str) -> Result<Duration, Error> {
+    Ok(Duration::from_millis(number(
+        name,
+        value,
+        1,
+        MAX_TIMEOUT_MS,
+    )?))
 }
 
 #[cfg(test)]

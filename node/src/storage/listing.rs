@@ -102,21 +102,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::causality::{Actor, VersionVector};
     use crate::metrics::Metrics;
     use crate::ring::partition_of;
     use crate::storage::Durability;
 
     fn set(value: Option<&[u8]>) -> Arc<SiblingSet> {
-        let mut set = SiblingSet::default();
-        set.update(
-            &VersionVector::default(),
-            &Actor::new("kv-0", 1),
-            value.map(<[u8]>::to_vec),
-            0,
-        )
-        .unwrap();
-        Arc::new(set)
+        Arc::new(SiblingSet::one_write(value))
     }
 
     fn range(prefix: &[u8], start: &[u8], limit: usize, max_bytes: usize) -> ListRange<'static> {
