@@ -10,14 +10,6 @@ rm -rf "$dir"; mkdir -p "$dir/backups"; here=$(cd "$(dirname "$0")" && pwd); cd 
 . "$here/lib/bench-cluster.sh"
 start_bench_cluster 18180
 bench() { "$B/kvctl" bench --endpoints $endpoints --keys "$KEYS" --value-size "$VSIZE" --json "$@"; }
-# One line of a bench report: each operation's rate, p50, p99 and errors.
-read -r -d '' summarise <<'PY' || true
-import json, sys
-r = json.load(sys.stdin)
-rows = ["%s %.0f/s p50 %.2f p99 %.2f ms errors %d" % (o["operation"], o["ops_per_sec"], o["p50_ms"], o["p99_ms"], o["errors"]) for o in r["operations"]]
-print(sys.argv[1] + ": " + "; ".join(rows))
-PY
-summary() { python3 -c "$summarise" "$1"; }
 bench --preload --duration 1s > /dev/null
 echo "preloaded $KEYS keys of $VSIZE bytes"
 # At most 40 backups per round, each created and then deleted, until the round's bench ends.
@@ -31,9 +23,9 @@ backups() {
   done
 }
 for r in $(seq 1 "$ROUNDS"); do
-  bench --duration "$DUR" | summary unloaded
+  bench --duration "$DUR" | bench_summary unloaded
   rm -f stop; backups "$r" & bp=$!
   sleep 2
-  bench --duration "$DUR" | summary during-backup
+  bench --duration "$DUR" | bench_summary during-backup
   touch stop; wait "$bp"
 done

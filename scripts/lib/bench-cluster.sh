@@ -33,3 +33,29 @@ start_bench_cluster() {
     done
   done
 }
+
+# CPU-seconds (user + system) the bench cluster's nodes have used so far.
+bench_cluster_cpu() {
+  local ticks=0 pid fields
+  for pid in "${bench_pids[@]}"; do
+    # Fields after "pid (comm) ": utime and stime are the 12th and 13th.
+    read -r -a fields <<< "$(sed 's/^.*) //' "/proc/$pid/stat")"
+    ticks=$((ticks + fields[11] + fields[12]))
+  done
+  python3 -c "print($ticks / $(getconf CLK_TCK))"
+}
+
+# Reads a `kvctl bench --json` report on stdin and prints one line: LABEL, then each operation's
+# rate, p50, p99 and errors; with CPU-SECONDS (the nodes' CPU over the run), also CPU-s per 1,000 ops.
+bench_summary() {
+  python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+rows = ["%s %.0f/s p50 %.2f p99 %.2f ms errors %d" % (o["operation"], o["ops_per_sec"], o["p50_ms"], o["p99_ms"], o["errors"])
+        for o in r["operations"] if o["ops"] or o["errors"]]
+line = sys.argv[1] + ": " + "; ".join(rows)
+if len(sys.argv) > 2:
+    total = next(o for o in r["operations"] if o["operation"] == "total")
+    line += "; server %.3f CPU-s per 1,000 ops" % (float(sys.argv[2]) * 1000 / max(total["ops"], 1))
+print(line)' "$@"
+}
