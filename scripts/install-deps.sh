@@ -10,9 +10,10 @@ set -euo pipefail
 # for `promtool check rules` and `promtool test rules` on the Helm chart's alerts
 # (tests/tests/helm_chart.rs, alerts.rs) and the real Prometheus of tests/tests/prometheus.rs;
 # mmdebstrap, umoci and skopeo build the container image without a daemon (scripts/image.sh), and runc
-# runs it in tests/tests/image.rs.
+# runs it in tests/tests/image.rs; containerd and containernetworking-plugins (with runc) are the node of
+# scripts/e2e/cluster.sh's single-node Kubernetes.
 apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux iproute2 iptables strace
-  prometheus mmdebstrap umoci skopeo runc)
+  prometheus mmdebstrap umoci skopeo runc containerd containernetworking-plugins)
 
 missing=()
 for package in "${apt_packages[@]}"; do

