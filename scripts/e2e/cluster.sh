@@ -54,10 +54,11 @@ cgroup_dirs() { for h in /sys/fs/cgroup/*/; do [ -d "$h$cgroup_name" ] && echo "
 daemons_cgroup=/sys/fs/cgroup/pids/$cgroup_name/daemons
 
 tools() { # sets KUBE_APISERVER, ETCD, KUBECTL, KUBELET, ... from install.sh (building what is missing)
-  local line
+  local line paths
+  paths="$(nice -n 19 "$root/scripts/kube/install.sh" --node)" || die "scripts/kube/install.sh --node failed"
   while IFS= read -r line; do
     case "$line" in *=*) export "${line?}" ;; esac
-  done < <("$root/scripts/kube/install.sh" --node)
+  done <<<"$paths"
 }
 
 # --- certificates (ECDSA P-256, openssl only): one CA for serving and client certificates -----------
