@@ -1,4 +1,4 @@
-//! Query-string parsing shared by the listing and batch routes: known names only, each at most
+//! Query-string parsing shared by the listing, batch and watch-feed routes: known names only, each at most
 //! once, strict percent-decoding, bounded numbers.
 
 use std::time::Duration;

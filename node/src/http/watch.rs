@@ -388,22 +388,15 @@ fn decode_cursor(text: &str) -> Result<Cursor, Error> {
     Ok(cursor)
 }
 
+/// The feed's parameters.
+const FEED_PARAMS: [&str; 4] = ["prefix", "cursor", "wait", "limit"];
+
 fn parse_feed(query: Option<&str>) -> Result<FeedParams, Error> {
     let mut params = FeedParams::default();
-    let mut seen = Vec::new();
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if seen.contains(&name) {
-            return Err(Error::BadParameter(format!("{name} given twice")));
-        }
-        seen.push(name);
+    for (name, value) in super::query::pairs(query, &FEED_PARAMS)? {
         match name {
             "prefix" => {
-                params.prefix = percent_encoding::percent_decode_str(value).collect();
+                params.prefix = super::query::bytes(name, value)?;
                 if params.prefix.len() > kvapi::MAX_KEY_BYTES {
                     return Err(Error::BadParameter(format!(
                         "prefix must be at most {} bytes",
@@ -413,22 +406,9 @@ fn parse_feed(query: Option<&str>) -> Result<FeedParams, Error> {
             }
             "cursor" => params.cursor = Some(decode_cursor(value)?),
             "wait" => params.wait = Some(parse_wait(value)?),
-            "limit" => {
-                let limit: usize = value
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_FEED_KEYS).contains(l))
-                    .ok_or_else(|| {
-                        Error::BadParameter(format!(
-                            "limit must be between 1 and {MAX_FEED_KEYS}, got {value:?}"
-                        ))
-                    })?;
-                params.limit = Some(limit);
-            }
-            other => {
-                return Err(Error::BadParameter(format!(
-                    "unknown parameter {other:?}; known: prefix, cursor, wait, limit"
-                )));
+            _ => {
+                params.limit =
+                    Some(super::query::number(name, value, 1, MAX_FEED_KEYS as u64)? as usize)
             }
         }
     }
