@@ -1,16 +1,17 @@
 //! `kvctl`, the kvcluster command line (DESIGN.md section 5a).
 
 use std::ffi::OsString;
-use std::io::IsTerminal as _;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use kvapi::Secret;
-use kvclient::{Client, ClientBuilder, Error, ReadOptions, ReadResult, WriteOptions};
+use kvclient::{Client, ClientBuilder, Error};
+use serde_json::{Value, json};
 
 mod cmd;
+mod output;
 
 /// Exit code: the key is absent or deleted.
 const EXIT_NOT_FOUND: u8 = 1;
@@ -65,6 +66,20 @@ struct Cli {
     #[arg(long, global = true, env = "KVCTL_CACERT", value_name = "FILE")]
     cacert: Option<PathBuf>,
 
+    /// What results look like on stdout: `text` for people, or `json`: JSON Lines, one object per
+    /// result (a single one, or one per key, change or member as the command goes), errors as an
+    /// `{"error": ...}` object on stderr. Exit codes do not change.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        env = "KVCTL_OUTPUT",
+        value_enum,
+        default_value_t = output::Output::Text,
+        value_name = "FORMAT"
+    )]
+    output: output::Output,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -78,15 +93,15 @@ enum Command {
     /// concurrent values (siblings) are listed on stdout as `sibling N: VALUE` lines (lossy UTF-8) followed
     /// by `context: TOKEN`: write the resolved value back with `put --context TOKEN`. An absent or deleted
     /// key prints `not found` (and the context of a deleted key) on stderr and exits with 1.
-    Get(GetArgs),
+    Get(cmd::kv::GetArgs),
     /// Write a value
     ///
     /// Prints the key's new causal context on stdout.
-    Put(PutArgs),
+    Put(cmd::kv::PutArgs),
     /// Delete a key
     ///
     /// Writes a tombstone; prints nothing on success.
-    Delete(DeleteArgs),
+    Delete(cmd::kv::DeleteArgs),
     /// List the keys under a prefix
     ///
     /// Follows the listing's pages to the end: keys in byte order on stdout, one per line as raw
@@ -155,75 +170,6 @@ enum Command {
     },
 }
 
-/// Arguments of `kvctl get`.
-#[derive(Debug, Args)]
-struct GetArgs {
-    /// The key.
-    #[arg(value_name = "KEY")]
-    key: OsString,
-
-    /// Read quorum for this request: how many replicas must answer (1..=N); the cluster default when absent.
-    #[arg(long, env = "KVCTL_R", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    r: Option<u32>,
-
-    /// Deadline of this request in milliseconds; the node default when absent.
-    #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: Option<u64>,
-}
-
-/// Arguments of `kvctl put`.
-#[derive(Debug, Args)]
-struct PutArgs {
-    /// The key.
-    #[arg(value_name = "KEY")]
-    key: OsString,
-
-    /// The value; `-` reads it from stdin.
-    #[arg(value_name = "VALUE")]
-    value: OsString,
-
-    /// Causal context from an earlier get or put of this key: the write supersedes the values it has seen.
-    /// Without it the write is concurrent with every stored value (they become siblings).
-    #[arg(long, env = "KVCTL_CONTEXT", value_name = "TOKEN")]
-    context: Option<String>,
-
-    /// Write quorum for this request: how many replicas must acknowledge (1..=N); the cluster default when
-    /// absent.
-    #[arg(long, env = "KVCTL_W", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    w: Option<u32>,
-
-    /// Deadline of this request in milliseconds; the node default when absent.
-    #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: Option<u64>,
-
-    /// Time to live of the value (1s..=365days, such as 30s or 2h): from then on it reads as deleted.
-    /// `none` for no expiry; the node's --default-ttl when absent.
-    #[arg(long, value_name = "DURATION", value_parser = kvapi::ttl::parse)]
-    ttl: Option<kvapi::ttl::Expiry>,
-}
-
-/// Arguments of `kvctl delete`.
-#[derive(Debug, Args)]
-struct DeleteArgs {
-    /// The key.
-    #[arg(value_name = "KEY")]
-    key: OsString,
-
-    /// Causal context from an earlier get or put of this key: the delete supersedes the values it has seen.
-    /// Without it the tombstone is concurrent with every stored value.
-    #[arg(long, env = "KVCTL_CONTEXT", value_name = "TOKEN")]
-    context: Option<String>,
-
-    /// Write quorum for this request: how many replicas must acknowledge (1..=N); the cluster default when
-    /// absent.
-    #[arg(long, env = "KVCTL_W", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    w: Option<u32>,
-
-    /// Deadline of this request in milliseconds; the node default when absent.
-    #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: Option<u64>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -232,8 +178,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            stderr_line(&format!("error: cannot start the async runtime: {e}"));
-            return ExitCode::from(EXIT_REFUSED);
+            return refuse(&format!("cannot start the async runtime: {e}"));
         }
     };
     runtime.block_on(run(cli))
@@ -284,17 +229,18 @@ impl Access {
 
 /// Runs one command and returns the process exit code.
 async fn run(cli: Cli) -> ExitCode {
+    output::choose(cli.output);
     let access = match Access::load(&cli) {
         Ok(access) => access,
-        Err(e) => {
-            stderr_line(&format!("error: {e}"));
-            return ExitCode::from(EXIT_REFUSED);
-        }
+        Err(e) => return refuse(&e),
     };
     let command = match cli.command {
         Command::Completions { shell } => return completions(shell),
         Command::Up(args) => return cmd::up::run(args).await,
-        Command::Bench(args) => return cmd::bench::run(&cli.endpoint, &access, args).await,
+        Command::Bench(mut args) => {
+            args.json |= output::json();
+            return cmd::bench::run(&cli.endpoint, &access, args).await;
+        }
         other => other,
     };
     let client = match access.client(&cli.endpoint).build() {
@@ -302,9 +248,9 @@ async fn run(cli: Cli) -> ExitCode {
         Err(e) => return fail(&e),
     };
     match command {
-        Command::Get(args) => get(&client, args).await,
-        Command::Put(args) => put(&client, args).await,
-        Command::Delete(args) => delete(&client, args).await,
+        Command::Get(args) => cmd::kv::get(&client, args).await,
+        Command::Put(args) => cmd::kv::put(&client, args).await,
+        Command::Delete(args) => cmd::kv::delete(&client, args).await,
         Command::List(args) => cmd::list::run(&client, args).await,
         Command::Ring(args) => cmd::admin::ring(&client, args).await,
         Command::Status(args) => cmd::admin::status(&client, args).await,
@@ -329,106 +275,14 @@ fn completions(shell: clap_complete::Shell) -> ExitCode {
     }
 }
 
-async fn get(client: &Client, args: GetArgs) -> ExitCode {
-    let opts = ReadOptions {
-        r: args.r,
-        timeout_ms: args.timeout_ms,
-    };
-    let read = match client.get(&os_bytes(args.key), &opts).await {
-        Ok(read) => read,
-        Err(e) => return fail(&e),
-    };
-    let live: Vec<&[u8]> = read.live().map(|s| s.value.as_slice()).collect();
-    match (&read, live.as_slice()) {
-        (ReadResult::Found { context, .. }, [value]) => {
-            // On a terminal the value ends its line, so the prompt (or the context on stderr) does
-            // not run into it; piped, the bytes are exactly the value.
-            let newline = std::io::stdout().is_terminal() && !value.ends_with(b"\n");
-            let written = stdout_bytes(value)
-                .and_then(|()| if newline { stdout_bytes(b"\n") } else { Ok(()) });
-            if let Err(e) = written {
-                return local_failure(&e);
-            }
-            stderr_line(&format!("context: {context}"));
-            ExitCode::SUCCESS
-        }
-        (ReadResult::Found { context, .. }, values) if !values.is_empty() => {
-            let mut text = String::new();
-            for (i, value) in values.iter().enumerate() {
-                text.push_str(&format!(
-                    "sibling {}: {}\n",
-                    i + 1,
-                    String::from_utf8_lossy(value)
-                ));
-            }
-            text.push_str(&format!("context: {context}\n"));
-            match stdout_bytes(text.as_bytes()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => local_failure(&e),
-            }
-        }
-        // Absent, or (should the node ever answer so) found with tombstones only.
-        _ => {
-            stderr_line("not found");
-            if let Some(context) = read.context() {
-                stderr_line(&format!("context: {context}"));
-            }
-            ExitCode::from(EXIT_NOT_FOUND)
-        }
-    }
-}
-
-async fn put(client: &Client, args: PutArgs) -> ExitCode {
-    let value = if args.value == "-" {
-        let mut buffer = Vec::new();
-        if let Err(e) = std::io::stdin().lock().read_to_end(&mut buffer) {
-            stderr_line(&format!("error: reading the value from stdin: {e}"));
-            return ExitCode::from(EXIT_REFUSED);
-        }
-        buffer
-    } else {
-        os_bytes(args.value)
-    };
-    let opts = WriteOptions {
-        w: args.w,
-        timeout_ms: args.timeout_ms,
-        ttl: args.ttl,
-    };
-    match client
-        .put(&os_bytes(args.key), value, args.context.as_deref(), &opts)
-        .await
-    {
-        Ok(context) => match stdout_bytes(format!("{context}\n").as_bytes()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => local_failure(&e),
-        },
-        Err(e) => fail(&e),
-    }
-}
-
-async fn delete(client: &Client, args: DeleteArgs) -> ExitCode {
-    let opts = WriteOptions {
-        w: args.w,
-        timeout_ms: args.timeout_ms,
-        ..WriteOptions::default()
-    };
-    match client
-        .delete(&os_bytes(args.key), args.context.as_deref(), &opts)
-        .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
-    }
-}
-
 /// Prints a client error (with its causes) on stderr and picks the exit code.
 fn fail(error: &Error) -> ExitCode {
     let mut message = match error.status() {
         Some(401) => format!(
-            "error: the node requires a token (--token or KVCTL_TOKEN) and got none it accepts: {error}"
+            "the node requires a token (--token or KVCTL_TOKEN) and got none it accepts: {error}"
         ),
         // The node's message says what: "403 forbidden: this token may not write: it is read-only".
-        _ => format!("error: {error}"),
+        _ => error.to_string(),
     };
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -439,11 +293,19 @@ fn fail(error: &Error) -> ExitCode {
         }
         source = cause.source();
     }
-    stderr_line(&message);
     match error {
-        Error::Server { body, .. } => {
+        Error::Server { status, body } => {
+            let mut details = serde_json::to_value(body).unwrap_or_else(|_| json!({}));
+            if let Value::Object(fields) = &mut details {
+                fields.remove("message");
+                if let Some(code) = fields.remove("error") {
+                    fields.insert("code".into(), code);
+                }
+                fields.insert("status".into(), Value::from(*status));
+            }
+            report_error(&message, details);
             // A 409 (sibling cap) carries the key's context so the caller can resolve and write back.
-            if let Some(context) = &body.context {
+            if let (Some(context), false) = (&body.context, output::json()) {
                 stderr_line(&format!("context: {context}"));
             }
             ExitCode::from(EXIT_REFUSED)
@@ -452,18 +314,43 @@ fn fail(error: &Error) -> ExitCode {
         | Error::InvalidKey(_)
         | Error::InvalidContext(_)
         | Error::BadToken(_)
-        | Error::Tls(_) => ExitCode::from(EXIT_REFUSED),
-        Error::Http(e) if e.is_builder() => ExitCode::from(EXIT_REFUSED),
+        | Error::Tls(_) => refuse(&message),
+        Error::Http(e) if e.is_builder() => refuse(&message),
         Error::Http(_) | Error::InvalidResponse(_) | Error::DeadlineExceeded { .. } => {
+            error_line(&message);
             ExitCode::from(EXIT_UNREACHABLE)
         }
     }
 }
 
+/// Prints an error line and returns the "refused" exit code.
+pub(crate) fn refuse(message: &str) -> ExitCode {
+    error_line(message);
+    ExitCode::from(EXIT_REFUSED)
+}
+
+/// Prints an error on stderr: `error: MESSAGE`, or `{"error": {"message": ...}}` with --output json.
+pub(crate) fn error_line(message: &str) {
+    report_error(message, json!({}));
+}
+
+/// [`error_line`] with more fields for the JSON object (the status and code of a node's answer).
+fn report_error(message: &str, details: Value) {
+    if !output::json() {
+        stderr_line(&format!("error: {message}"));
+        return;
+    }
+    let mut error = serde_json::Map::new();
+    error.insert("message".into(), Value::from(message));
+    if let Value::Object(details) = details {
+        error.extend(details);
+    }
+    output::error_line(&json!({ "error": error }));
+}
+
 /// Reports a failure to write the output (a closed pipe, a full disk).
 fn local_failure(error: &std::io::Error) -> ExitCode {
-    stderr_line(&format!("error: writing to stdout: {error}"));
-    ExitCode::from(EXIT_REFUSED)
+    refuse(&format!("writing to stdout: {error}"))
 }
 
 /// Writes bytes to stdout exactly as given, and flushes.

@@ -40,10 +40,17 @@ struct UpCluster {
 impl UpCluster {
     /// Starts `kvctl up --nodes 3` on free ports, with stdin piped, and waits for its banner.
     fn start() -> UpCluster {
+        Self::start_with(&[])
+    }
+
+    /// [`UpCluster::start`] with `args` before `up` (`--output json`: the banner is one JSON line).
+    fn start_with(args: &[&str]) -> UpCluster {
         let data = tempfile::tempdir().unwrap();
         // kvctl up takes consecutive ports, and the peer ports 1000 above them.
         let base = free_block(3, &[0, 1000]);
+        let json = args.contains(&"json");
         let mut up = Command::new(kvctl_bin())
+            .args(args)
             .args([
                 "up",
                 "--nodes",
@@ -80,6 +87,17 @@ impl UpCluster {
         while endpoints.len() < 3 && started.elapsed() < Duration::from_secs(60) {
             line.clear();
             if stdout.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            if json {
+                let banner: serde_json::Value = serde_json::from_str(&line).unwrap();
+                assert_eq!(
+                    (banner["n"].as_u64(), banner["w"].as_u64()),
+                    (Some(3), Some(2))
+                );
+                for node in banner["nodes"].as_array().unwrap() {
+                    endpoints.push(node["endpoint"].as_str().unwrap().to_owned());
+                }
                 break;
             }
             if let Some((id, url)) = line.trim().split_once(" http://")
@@ -136,6 +154,21 @@ fn node_pid(data: &std::path::Path, id: &str) -> u32 {
         }
     }
     panic!("no kvnode process for {}", node_dir.display());
+}
+
+#[test]
+fn kvctl_up_announces_its_nodes_as_json() {
+    let cluster = UpCluster::start_with(&["--output", "json"]);
+    assert_eq!(cluster.endpoints.len(), 3);
+    let put = kvctl(&cluster.endpoints[1], &["put", "k", "v"]);
+    assert!(put.status.success(), "{put:?}");
+    let get = kvctl(&cluster.endpoints[0], &["-o", "json", "get", "k"]);
+    let read: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(
+        read["siblings"],
+        serde_json::json!([{"value": "v"}]),
+        "{get:?}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use crate::{fail, local_failure, stdout_bytes};
 /// Arguments of `kvctl ring`.
 #[derive(Debug, Args)]
 pub(crate) struct RingArgs {
-    /// Print the node's JSON answer as it came instead of the table.
+    /// Print the node's JSON answer as it came instead of the table (what --output json does).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -20,14 +20,14 @@ pub(crate) struct RingArgs {
 /// Arguments of `kvctl status`.
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
-    /// Print the node's JSON answer as it came instead of the summary.
+    /// Print the node's JSON answer as it came instead of the summary (what --output json does).
     #[arg(long)]
     pub(crate) json: bool,
 }
 
 /// Runs `kvctl ring`.
 pub(crate) async fn ring(client: &Client, args: RingArgs) -> ExitCode {
-    let text = if args.json {
+    let text = if args.json || crate::output::json() {
         match client.admin_get(ADMIN_RING).await {
             Ok(body) => with_newline(&body),
             Err(e) => return fail(&e),
@@ -46,7 +46,7 @@ pub(crate) async fn ring(client: &Client, args: RingArgs) -> ExitCode {
 
 /// Runs `kvctl status`.
 pub(crate) async fn status(client: &Client, args: StatusArgs) -> ExitCode {
-    let text = if args.json {
+    let text = if args.json || crate::output::json() {
         match client.admin_get(ADMIN_STATUS).await {
             Ok(body) => with_newline(&body),
             Err(e) => return fail(&e),

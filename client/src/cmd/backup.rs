@@ -16,7 +16,9 @@ use kvbackup::transfer;
 use kvclient::Client;
 use kvclient::backup::{self, BackupError, mebibytes};
 
-use crate::{EXIT_REFUSED, EXIT_UNREACHABLE, fail};
+use serde_json::{Value, json};
+
+use crate::{EXIT_UNREACHABLE, fail};
 
 /// `kvctl backup` subcommands.
 #[derive(Debug, Subcommand)]
@@ -104,12 +106,9 @@ pub(crate) async fn run(client: &Client, command: BackupCommand) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(BackupError::Node(e)) => fail(&e),
-        Err(BackupError::Store(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::from(EXIT_REFUSED)
-        }
+        Err(BackupError::Store(e)) => crate::refuse(&e.to_string()),
         Err(BackupError::Members(what)) => {
-            eprintln!("error: {what}; see above");
+            crate::error_line(&format!("{what}; see above"));
             ExitCode::from(EXIT_UNREACHABLE)
         }
     }
@@ -128,20 +127,27 @@ async fn create(
         url: args.target.clone(),
         store: args.open()?,
     };
-    println!("backup {id}: every member of the cluster config");
+    progress(&format!("backup {id}: every member of the cluster config"));
     let outcome = backup::create(
         client,
         &target,
         &id,
         timeout,
         |member, outcome| match outcome {
-            Ok(report) => println!(
-                "  {member}: {} files, {} in {:.1} s",
-                report.files,
-                mebibytes(report.bytes),
-                report.millis as f64 / 1000.0
+            Ok(report) => say(
+                &format!(
+                    "  {member}: {} files, {} in {:.1} s",
+                    report.files,
+                    mebibytes(report.bytes),
+                    report.millis as f64 / 1000.0
+                ),
+                json!({"member": member, "files": report.files, "bytes": report.bytes,
+                    "millis": report.millis}),
             ),
-            Err(e) => eprintln!("  {member}: failed: {e}"),
+            Err(e) => failed(
+                &format!("  {member}: failed: {e}"),
+                json!({"member": member, "error": e.to_string()}),
+            ),
         },
         |member, e| {
             eprintln!(
@@ -154,12 +160,16 @@ async fn create(
         eprintln!("remove the incomplete backup with `kvctl backup delete {id}`");
     }
     let manifest = outcome?;
-    println!(
-        "backup {id} complete: {} members of {}, {} in {:.1} s",
-        manifest.members.len(),
-        manifest.cluster,
-        mebibytes(manifest.bytes()),
-        started.elapsed().as_secs_f64()
+    let seconds = started.elapsed().as_secs_f64();
+    say(
+        &format!(
+            "backup {id} complete: {} members of {}, {} in {seconds:.1} s",
+            manifest.members.len(),
+            manifest.cluster,
+            mebibytes(manifest.bytes()),
+        ),
+        json!({"backup": id, "complete": true, "members": manifest.members.len(),
+            "cluster": manifest.cluster, "bytes": manifest.bytes(), "seconds": seconds}),
     );
     Ok(())
 }
@@ -168,16 +178,25 @@ async fn list(args: &TargetArgs) -> Result<(), BackupError> {
     let store = args.open()?;
     for backup in transfer::list(store.as_ref()).await? {
         match backup.manifest {
-            Some(m) => println!(
-                "{:<24} complete    {:>2} members  {:>10}  started {}",
-                backup.id,
-                m.members.len(),
-                mebibytes(m.bytes()),
-                humantime::format_rfc3339_seconds(
-                    UNIX_EPOCH + std::time::Duration::from_millis(m.started_unix_ms)
-                )
+            Some(m) => {
+                let started = humantime::format_rfc3339_seconds(
+                    UNIX_EPOCH + std::time::Duration::from_millis(m.started_unix_ms),
+                );
+                say(
+                    &format!(
+                        "{:<24} complete    {:>2} members  {:>10}  started {started}",
+                        backup.id,
+                        m.members.len(),
+                        mebibytes(m.bytes()),
+                    ),
+                    json!({"id": backup.id, "complete": true, "members": m.members.len(),
+                        "bytes": m.bytes(), "started": started.to_string()}),
+                );
+            }
+            None => say(
+                &format!("{:<24} incomplete", backup.id),
+                json!({"id": backup.id, "complete": false}),
             ),
-            None => println!("{:<24} incomplete", backup.id),
         }
     }
     Ok(())
@@ -187,7 +206,10 @@ async fn delete(args: &TargetArgs, id: &str) -> Result<(), BackupError> {
     target::check_name("backup id", id)?;
     let store = args.open()?;
     let objects = transfer::delete(store.as_ref(), id).await?;
-    println!("deleted backup {id}: {objects} objects");
+    say(
+        &format!("deleted backup {id}: {objects} objects"),
+        json!({"deleted": id, "objects": objects}),
+    );
     Ok(())
 }
 
@@ -200,35 +222,65 @@ async fn restore(
     let started = Instant::now();
     let store = args.open()?;
     let manifest = backup::manifest(store.as_ref(), id).await?;
-    println!(
+    progress(&format!(
         "restoring backup {id} ({} checkpoints, {})",
         manifest.nodes.len(),
         mebibytes(manifest.bytes()),
-    );
+    ));
     let totals = backup::restore(
         client,
         &args.target,
         &manifest,
         timeout,
         |(source, through, outcome)| match outcome {
-            Ok(r) => println!(
-                "  {source}'s checkpoint through {through}: {} records, {} hints, {} replica merges changed data, {} in {:.1} s",
-                r.records,
-                r.hints,
-                r.changed,
-                mebibytes(r.bytes),
-                r.millis as f64 / 1000.0
+            Ok(r) => say(
+                &format!(
+                    "  {source}'s checkpoint through {through}: {} records, {} hints, {} replica merges changed data, {} in {:.1} s",
+                    r.records,
+                    r.hints,
+                    r.changed,
+                    mebibytes(r.bytes),
+                    r.millis as f64 / 1000.0
+                ),
+                json!({"source": source, "through": through, "records": r.records, "hints": r.hints,
+                    "changed": r.changed, "bytes": r.bytes, "millis": r.millis}),
             ),
-            Err(e) => eprintln!("  {source}'s checkpoint through {through}: failed: {e}"),
+            Err(e) => failed(
+                &format!("  {source}'s checkpoint through {through}: failed: {e}"),
+                json!({"source": source, "through": through, "error": e.to_string()}),
+            ),
         },
     )
     .await?;
-    println!(
-        "restored backup {id}: {} records and {} hints merged, {} replica merges changed data, in {:.1} s",
-        totals.records,
-        totals.hints,
-        totals.changed,
-        started.elapsed().as_secs_f64()
+    let seconds = started.elapsed().as_secs_f64();
+    say(
+        &format!(
+            "restored backup {id}: {} records and {} hints merged, {} replica merges changed data, in {seconds:.1} s",
+            totals.records, totals.hints, totals.changed,
+        ),
+        json!({"restored": id, "records": totals.records, "hints": totals.hints,
+            "changed": totals.changed, "seconds": seconds}),
     );
     Ok(())
+}
+
+/// One result line (see [`crate::output::emit`]); a closed stdout does not stop a backup under way.
+fn say(text: &str, object: Value) {
+    let _ = crate::output::emit(text, object);
+}
+
+/// A heading line for people: on stdout as text, left out of JSON output.
+fn progress(text: &str) {
+    if !crate::output::json() {
+        say(text, Value::Null);
+    }
+}
+
+/// One member's failure: on stderr as text, or as a JSON result line (the command then fails).
+fn failed(text: &str, object: Value) {
+    if crate::output::json() {
+        let _ = crate::output::line(&object);
+    } else {
+        crate::stderr_line(text);
+    }
 }

@@ -59,14 +59,21 @@ pub(crate) async fn run(client: &Client, args: CheckArgs) -> ExitCode {
         }
         Err(e) => return fail(&e),
     }
-    stderr_line(&format!(
-        "put, get and delete of {key} through {}: ok",
-        client.endpoint()
-    ));
+    if crate::output::json() {
+        let report = serde_json::json!({"key": key, "endpoint": client.endpoint(), "ok": true});
+        if let Err(e) = crate::output::line(&report) {
+            return crate::local_failure(&e);
+        }
+    } else {
+        stderr_line(&format!(
+            "put, get and delete of {key} through {}: ok",
+            client.endpoint()
+        ));
+    }
     ExitCode::SUCCESS
 }
 
 fn mismatch(message: &str) -> ExitCode {
-    stderr_line(&format!("error: {message}"));
+    crate::error_line(message);
     ExitCode::from(EXIT_UNREACHABLE)
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use kvapi::{ClusterConfig, Member, NodeStatus};
 use kvclient::{Client, Error};
+use serde_json::{Value, json};
 
 use crate::fail;
 
@@ -132,10 +133,7 @@ pub(crate) async fn run(client: &Client, command: ClusterCommand) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Client(e)) => fail(&e),
-        Err(Failure::Refused(message)) => {
-            eprintln!("kvctl: {message}");
-            ExitCode::from(crate::EXIT_REFUSED)
-        }
+        Err(Failure::Refused(message)) => crate::refuse(&message),
     }
 }
 
@@ -169,21 +167,24 @@ async fn change(
     config.epoch += 1;
     config.validate().map_err(Failure::Refused)?;
     let installed = client.put_cluster(&config).await?;
-    println!(
-        "epoch {} accepted{}",
-        installed.epoch,
-        if installed.in_transition() {
-            ": data is moving"
-        } else {
-            ""
-        }
+    let moving = installed.in_transition();
+    step(
+        &format!(
+            "epoch {} accepted{}",
+            installed.epoch,
+            if moving { ": data is moving" } else { "" }
+        ),
+        json!({"step": "accepted", "epoch": installed.epoch, "moving": moving}),
     );
     if wait.no_wait {
         return Ok(());
     }
     let deadline = Instant::now() + *wait.timeout;
     let settled = wait_settled(client, installed.epoch, deadline).await?;
-    println!("ring settled at epoch {}", settled.epoch);
+    step(
+        &format!("ring settled at epoch {}", settled.epoch),
+        json!({"step": "settled", "epoch": settled.epoch}),
+    );
     if let (Some(id), Some(address)) = (removed, removed_address) {
         let leaving = client.at(&address)?;
         leaving.drain().await?;
@@ -200,9 +201,18 @@ async fn change(
             }
             tokio::time::sleep(POLL).await;
         }
-        println!("{id} holds nothing the cluster needs: it may be stopped");
+        step(
+            &format!("{id} holds nothing the cluster needs: it may be stopped"),
+            json!({"step": "drained", "member": id}),
+        );
     }
     Ok(())
+}
+
+/// Reports one step of a change on stdout (see [`crate::output::emit`]).
+fn step(text: &str, object: Value) {
+    // A closed stdout does not stop a change that is already under way.
+    let _ = crate::output::emit(text, object);
 }
 
 /// Waits until every member reports one config at or past `epoch` with no transition.
@@ -300,35 +310,63 @@ async fn member_statuses(
     Ok(out)
 }
 
-/// Prints every member's view.
+/// Prints every member's view: a table, or one JSON line per member.
 async fn status(client: &Client) -> Result<(), Failure> {
     let statuses = member_statuses(client).await?;
-    println!(
-        "{:<12} {:<22} {:>6} {:<11} {:>9} {:>8}",
-        "MEMBER", "ADDRESS", "EPOCH", "RING", "RECEIVING", "HINTS"
-    );
-    for (member, status) in statuses {
-        match status {
-            Ok(s) => {
-                let ring = if s.config.in_transition() {
-                    "transition"
-                } else if s.member {
-                    "settled"
-                } else {
-                    "left"
-                };
-                let receiving = s.transfer.as_ref().map_or("-".to_string(), |t| {
-                    format!("{}/{}", t.partitions_done, t.partitions_total)
-                });
-                println!(
-                    "{:<12} {:<22} {:>6} {:<11} {:>9} {:>8}",
-                    member.id, member.address, s.config.epoch, ring, receiving, s.hints_pending
-                );
-            }
-            Err(e) => println!("{:<12} {:<22} unreachable: {e}", member.id, member.address),
-        }
+    let json = crate::output::json();
+    let mut out = String::new();
+    if !json {
+        out.push_str(&format!(
+            "{:<12} {:<22} {:>6} {:<11} {:>9} {:>8}\n",
+            "MEMBER", "ADDRESS", "EPOCH", "RING", "RECEIVING", "HINTS"
+        ));
     }
-    Ok(())
+    for (member, status) in statuses {
+        out.push_str(&member_line(&member, status, json));
+        out.push('\n');
+    }
+    crate::stdout_bytes(out.as_bytes())
+        .map_err(|e| Failure::Refused(format!("writing to stdout: {e}")))
+}
+
+/// One member's line of `cluster status`, as a table row or a JSON object.
+fn member_line(member: &Member, status: Result<NodeStatus, Error>, json: bool) -> String {
+    let s = match status {
+        Ok(s) => s,
+        Err(e) if json => {
+            return json!({"member": member.id, "address": member.address, "error": e.to_string()})
+                .to_string();
+        }
+        Err(e) => return format!("{:<12} {:<22} unreachable: {e}", member.id, member.address),
+    };
+    let ring = if s.config.in_transition() {
+        "transition"
+    } else if s.member {
+        "settled"
+    } else {
+        "left"
+    };
+    if json {
+        let receiving = s.transfer.as_ref().map(|t| {
+            json!({"partitions_done": t.partitions_done, "partitions_total": t.partitions_total})
+        });
+        return json!({
+            "member": member.id,
+            "address": member.address,
+            "epoch": s.config.epoch,
+            "ring": ring,
+            "receiving": receiving,
+            "hints": s.hints_pending,
+        })
+        .to_string();
+    }
+    let receiving = s.transfer.as_ref().map_or("-".to_string(), |t| {
+        format!("{}/{}", t.partitions_done, t.partitions_total)
+    });
+    format!(
+        "{:<12} {:<22} {:>6} {:<11} {:>9} {:>8}",
+        member.id, member.address, s.config.epoch, ring, receiving, s.hints_pending
+    )
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clap::Args;
 use kvclient::{Client, ListOptions};
+use serde_json::Value;
 
+use crate::output::bytes_object;
 use crate::{fail, local_failure, os_bytes, stdout_bytes};
 
 /// Pages read at most: a million keys at the largest limit.
@@ -33,7 +35,8 @@ pub(crate) struct ListArgs {
     r: Option<u32>,
 }
 
-/// Lists every page; keys go to stdout one per line as raw bytes.
+/// Lists every page; keys go to stdout one per line as raw bytes (JSON: `{"key"}` per key, with
+/// `"values": [{"value"}]` when --values).
 pub(crate) async fn run(client: &Client, args: ListArgs) -> ExitCode {
     let opts = ListOptions {
         prefix: args.prefix.map(os_bytes).unwrap_or_default(),
@@ -42,23 +45,26 @@ pub(crate) async fn run(client: &Client, args: ListArgs) -> ExitCode {
         r: args.r,
         timeout_ms: None,
     };
+    let json = crate::output::json();
     let mut written = Ok(());
     let listed = client
         .list_all(&opts, MAX_PAGES, |page| {
             let mut out = Vec::new();
             for listed in page.keys {
                 let key = STANDARD.decode(&listed.key).unwrap_or_default();
-                let siblings = listed.siblings.unwrap_or_default();
-                if !args.values {
-                    out.extend_from_slice(&key);
-                    out.push(b'\n');
-                }
-                for sibling in siblings.iter().filter(|s| !s.deleted) {
-                    let value = STANDARD.decode(&sibling.value).unwrap_or_default();
-                    out.extend_from_slice(&key);
-                    out.extend_from_slice(b" = ");
-                    out.extend_from_slice(String::from_utf8_lossy(&value).as_bytes());
-                    out.push(b'\n');
+                let values: Vec<Vec<u8>> = listed
+                    .siblings
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|s| !s.deleted)
+                    .map(|s| STANDARD.decode(&s.value).unwrap_or_default())
+                    .collect();
+                if json {
+                    out.extend_from_slice(
+                        key_json(&key, args.values.then_some(&values)).as_bytes(),
+                    );
+                } else {
+                    key_text(&mut out, &key, args.values.then_some(&values));
                 }
             }
             if written.is_ok() {
@@ -71,4 +77,32 @@ pub(crate) async fn run(client: &Client, args: ListArgs) -> ExitCode {
         (Ok(()), Err(e)) => local_failure(&e),
         (Ok(()), Ok(())) => ExitCode::SUCCESS,
     }
+}
+
+/// One listed key as text: the key as raw bytes, or with `values` one `KEY = VALUE` line per value.
+fn key_text(out: &mut Vec<u8>, key: &[u8], values: Option<&Vec<Vec<u8>>>) {
+    let Some(values) = values else {
+        out.extend_from_slice(key);
+        out.push(b'\n');
+        return;
+    };
+    for value in values {
+        out.extend_from_slice(key);
+        out.extend_from_slice(b" = ");
+        out.extend_from_slice(String::from_utf8_lossy(value).as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// One listed key as a JSON line.
+fn key_json(key: &[u8], values: Option<&Vec<Vec<u8>>>) -> String {
+    let mut object = bytes_object("key", key);
+    if let Some(values) = values {
+        let values = values
+            .iter()
+            .map(|v| Value::Object(bytes_object("value", v)))
+            .collect();
+        object.insert("values".into(), Value::Array(values));
+    }
+    format!("{}\n", Value::Object(object))
 }

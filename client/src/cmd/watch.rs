@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use kvclient::{Client, Error, ReadOptions, ReadResult};
+use serde_json::Value;
 
+use crate::output::bytes_object;
 use crate::{EXIT_REFUSED, fail, local_failure, os_bytes, stdout_bytes};
 
 /// Arguments of `kvctl watch`.
@@ -40,12 +42,12 @@ pub(crate) struct WatchArgs {
 }
 
 /// Follows the key or the prefix; each change is one stdout line: for a key `VALUE` (lossy UTF-8),
-/// `siblings: N` or `deleted`, for a prefix the changed key.
+/// `siblings: N` or `deleted`, for a prefix the changed key (JSON: see [`key_change`], and
+/// `{"key"}` per changed key of a prefix).
 pub(crate) async fn run(client: &Client, args: WatchArgs) -> ExitCode {
     let wait = *args.wait;
     if wait.is_zero() || wait > kvapi::watch::MAX_WAIT {
-        crate::stderr_line("error: --wait must be between 1ms and 60s");
-        return ExitCode::from(EXIT_REFUSED);
+        return crate::refuse("--wait must be between 1ms and 60s");
     }
     let count = args.count.unwrap_or(u64::MAX);
     match (args.prefix, args.key) {
@@ -72,13 +74,7 @@ async fn follow_key(
             Ok(None) => continue,
             Err(e) => return fail(&e),
         };
-        let live: Vec<&[u8]> = read.live().map(|s| s.value.as_slice()).collect();
-        let line = match (&read, live.as_slice()) {
-            (ReadResult::Found { .. }, [value]) => String::from_utf8_lossy(value).into_owned(),
-            (_, []) => "deleted".to_string(),
-            (_, values) => format!("siblings: {}", values.len()),
-        };
-        if let Err(e) = stdout_bytes(format!("{line}\n").as_bytes()) {
+        if let Err(e) = stdout_bytes(key_change(key, &read).as_bytes()) {
             return local_failure(&e);
         }
         context = read.context().map(str::to_owned);
@@ -97,7 +93,11 @@ async fn follow_prefix(client: &Client, prefix: &[u8], wait: Duration, count: u6
         match client.changes(prefix, Some(&cursor), wait).await {
             Ok(changes) => {
                 for key in changes.keys.iter().take((count - seen) as usize) {
-                    let line = format!("{}\n", String::from_utf8_lossy(key));
+                    let line = if crate::output::json() {
+                        format!("{}\n", Value::Object(bytes_object("key", key)))
+                    } else {
+                        format!("{}\n", String::from_utf8_lossy(key))
+                    };
                     if let Err(e) = stdout_bytes(line.as_bytes()) {
                         return local_failure(&e);
                     }
@@ -106,8 +106,8 @@ async fn follow_prefix(client: &Client, prefix: &[u8], wait: Duration, count: u6
                 cursor = changes.cursor;
             }
             Err(Error::Server { status: 410, body }) => {
-                crate::stderr_line(&format!(
-                    "error: {}: changes may have been missed; list the prefix again",
+                crate::error_line(&format!(
+                    "{}: changes may have been missed; list the prefix again",
                     body.message
                 ));
                 return ExitCode::from(1);
@@ -116,4 +116,18 @@ async fn follow_prefix(client: &Client, prefix: &[u8], wait: Duration, count: u6
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The line printed for a new state of a watched key: as text its value, `deleted` or
+/// `siblings: N`; as JSON the object of [`crate::output::read`].
+fn key_change(key: &[u8], read: &ReadResult) -> String {
+    let live: Vec<&[u8]> = read.live().map(|s| s.value.as_slice()).collect();
+    if crate::output::json() {
+        return format!("{}\n", crate::output::read(key, read));
+    }
+    match (read, live.as_slice()) {
+        (ReadResult::Found { .. }, [value]) => format!("{}\n", String::from_utf8_lossy(value)),
+        (_, []) => "deleted\n".to_string(),
+        (_, values) => format!("siblings: {}\n", values.len()),
+    }
 }

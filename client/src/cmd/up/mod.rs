@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::{EXIT_REFUSED, EXIT_UNREACHABLE, stderr_line};
+use crate::{EXIT_REFUSED, EXIT_UNREACHABLE, refuse, stderr_line};
 
 mod restart;
 use restart::{Running, next_request, restart_requests};
@@ -465,12 +465,6 @@ fn describe_status(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
-/// Prints an error line and returns the "refused" exit code.
-fn refuse(message: &str) -> ExitCode {
-    stderr_line(&format!("error: {message}"));
-    ExitCode::from(EXIT_REFUSED)
-}
-
 /// Runs `kvctl up`.
 pub(crate) async fn run(args: UpArgs) -> ExitCode {
     let wanted = match local_config(&args.cluster, args.nodes, args.port) {
@@ -516,7 +510,7 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
         let child = match spawn_node(&binary, &node, &args.data_dir, &config_path) {
             Ok(child) => child,
             Err(e) => {
-                stderr_line(&format!("error: {e}"));
+                crate::error_line(&e);
                 let _ = stop_tx.send(true);
                 stop_all(&mut tasks, &nodes, false).await;
                 return ExitCode::from(EXIT_REFUSED);
@@ -556,10 +550,7 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
             },
         };
         if let Some(failure) = failure {
-            stderr_line(&format!(
-                "error: {failure}; last lines of {}:",
-                node.log.display()
-            ));
+            crate::error_line(&format!("{failure}; last lines of {}:", node.log.display()));
             stderr_line(&log_tail(&node.log, LOG_TAIL_LINES));
             let _ = stop_tx.send(true);
             stop_all(&mut tasks, &nodes, false).await;
@@ -567,27 +558,8 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
         }
     }
 
-    let mut banner = format!(
-        "cluster {:?}: {} node(s), epoch {}, N={} W={} R={}, data in {}\n",
-        config.cluster,
-        nodes.len(),
-        config.epoch,
-        config.n,
-        config.w,
-        config.r,
-        args.data_dir.display()
-    );
-    for node in &nodes {
-        banner.push_str(&format!("{} http://{}\n", node.id, node.address));
-    }
-    banner.push_str(&format!(
-        "try: kvctl --endpoint http://{} put k v\nCtrl-C stops the cluster.\n",
-        nodes
-            .first()
-            .map_or("127.0.0.1:8080", |n| n.address.as_str())
-    ));
     // A closed stdout is no reason to stop the cluster.
-    let _ = crate::stdout_bytes(banner.as_bytes());
+    let _ = print_banner(&config, &nodes, &args.data_dir);
 
     let mut cluster = Running {
         binary,
@@ -611,14 +583,14 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
             }
             Some(joined) = cluster.tasks.join_next() => {
                 let Ok(exit) = joined else {
-                    stderr_line("error: a node supervisor failed; stopping the other nodes");
+                    crate::error_line("a node supervisor failed; stopping the other nodes");
                     let _ = stop_tx.send(true);
                     stop_all(&mut cluster.tasks, &cluster.nodes, true).await;
                     return ExitCode::from(EXIT_UNREACHABLE);
                 };
                 cluster.report_exit(&exit);
                 if cluster.down.len() == cluster.nodes.len() {
-                    stderr_line("error: every node has stopped");
+                    crate::error_line("every node has stopped");
                     return ExitCode::from(EXIT_UNREACHABLE);
                 }
                 stderr_line(&format!(
@@ -638,6 +610,50 @@ pub(crate) async fn run(args: UpArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// Announces the running cluster: its settings and every node's endpoint (one JSON object with
+/// --output json).
+fn print_banner(
+    config: &ClusterConfig,
+    nodes: &[NodeInfo],
+    data_dir: &Path,
+) -> std::io::Result<()> {
+    if crate::output::json() {
+        let nodes: Vec<_> = nodes
+            .iter()
+            .map(|n| serde_json::json!({"id": n.id, "endpoint": format!("http://{}", n.address)}))
+            .collect();
+        return crate::output::line(&serde_json::json!({
+            "cluster": config.cluster,
+            "epoch": config.epoch,
+            "n": config.n,
+            "w": config.w,
+            "r": config.r,
+            "data_dir": data_dir,
+            "nodes": nodes,
+        }));
+    }
+    let mut banner = format!(
+        "cluster {:?}: {} node(s), epoch {}, N={} W={} R={}, data in {}\n",
+        config.cluster,
+        nodes.len(),
+        config.epoch,
+        config.n,
+        config.w,
+        config.r,
+        data_dir.display()
+    );
+    for node in nodes {
+        banner.push_str(&format!("{} http://{}\n", node.id, node.address));
+    }
+    banner.push_str(&format!(
+        "try: kvctl --endpoint http://{} put k v\nCtrl-C stops the cluster.\n",
+        nodes
+            .first()
+            .map_or("127.0.0.1:8080", |n| n.address.as_str())
+    ));
+    crate::stdout_bytes(banner.as_bytes())
 }
 
 /// Starts one node: `kvnode --node-id ID --listen ADDR --peer-listen PEER_ADDR --data-dir DIR/ID

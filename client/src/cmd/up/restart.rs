@@ -64,7 +64,7 @@ impl Running {
             let child = match spawn_node(&self.binary, node, &self.data_dir, &self.config_path) {
                 Ok(child) => child,
                 Err(e) => {
-                    stderr_line(&format!("error: {e}"));
+                    crate::error_line(&e);
                     self.down.insert(index);
                     continue;
                 }
