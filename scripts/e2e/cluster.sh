@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A throwaway single-node Kubernetes on this machine, every part built from source or taken from Debian:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy from Go modules
-# (scripts/kube/install.sh --node, cached), containerd and runc from Debian, a bridge CNI
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy and CoreDNS from Go
+# modules (scripts/kube/install.sh --node, cached), containerd and runc from Debian, a bridge CNI
 # (containernetworking-plugins) and a pause image built here (scripts/e2e/pause.c). Nothing is pulled.
+# CoreDNS runs beside the kubelet on the node's address (the pods' nameserver) and serves cluster.local;
+# $KVCLUSTER_E2E_PVS hostPath PersistentVolumes (default 10, 2Gi each, no StorageClass) take the claims.
 #
 #   scripts/e2e/cluster.sh up                 # build (first time: long), start, wait for the node Ready
 #   scripts/e2e/cluster.sh kubectl get pods -A   # kubectl against the cluster (inside its namespace)
@@ -42,7 +44,8 @@ pause_image=kvcluster.local/pause:1
 shadowed=(/run/containerd /run/netns /var/lib/cni /var/log/pods /var/log/containers)
 kernel_sysctls=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
   kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
-components=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+components=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns)
+pv_count="${KVCLUSTER_E2E_PVS:-10}"
 
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: error: $*" >&2; exit 1; }
@@ -105,10 +108,11 @@ make_pki() {
   sign kube-scheduler "/CN=system:kube-scheduler" "$client"
   sign kubelet "/O=system:nodes/CN=system:node:$node_name" "$client"
   sign kube-proxy "/CN=system:kube-proxy" "$client"
+  sign coredns "/CN=system:coredns" "$client"
   openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out "$pki/sa.key"
   openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   local name
-  for name in admin kube-controller-manager kube-scheduler kubelet kube-proxy; do kubeconfig "$name"; done
+  for name in admin kube-controller-manager kube-scheduler kubelet kube-proxy coredns; do kubeconfig "$name"; done
 }
 
 # --- the pause image: a static binary in an OCI layout, as a docker archive for ctr import --------
@@ -237,10 +241,62 @@ authorization: {mode: Webhook}
 podLogsDir: /var/log/pods
 resolvConf: $dir/resolv.conf
 clusterDomain: cluster.local
+clusterDNS: [$node_ip]
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 EOF
+  cat >"$dir/Corefile" <<EOF
+.:53 {
+  bind $node_ip
+  errors
+  health 127.0.0.1:8081
+  ready 127.0.0.1:8181
+  kubernetes cluster.local in-addr.arpa {
+    kubeconfig $dir/coredns.kubeconfig e2e
+    ttl 5
+  }
+}
+EOF
+}
+
+# --- cluster objects: CoreDNS's read access and the hostPath volumes --------------------------------
+apply_objects() {
+  kubectl_in apply -f - >&2 <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+- {apiGroups: [""], resources: [endpoints, services, pods, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}]
+EOF
+  local i
+  for i in $(seq "$pv_count"); do
+    mkdir -p "$dir/pv/$i"
+    chmod 0777 "$dir/pv/$i" # the image's user (65532) writes there; fsGroup does not apply to hostPath
+    cat <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: e2e-pv-$i}
+spec:
+  capacity: {storage: 2Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: $dir/pv/$i, type: Directory}
+---
+EOF
+  done | kubectl_in apply -f - >&2
+}
+
+# CoreDNS's A records for NAME, one address a line (python3: a minimal machine has no dig).
+dns_a() {
+  in_ns python3 "$here/dns_a.py" "$1" "$node_ip"
 }
 
 # --- up ---------------------------------------------------------------------------------------------
@@ -277,6 +333,7 @@ cmd_up() {
     --service-cluster-ip-range="$service_cidr" --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction --allow-privileged=true
   wait_for kube-apiserver 90 kubectl_in get --raw /readyz
+  apply_objects
   start kube-controller-manager "$KUBE_CONTROLLER_MANAGER" --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
     --authentication-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
     --authorization-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
@@ -296,6 +353,9 @@ cmd_up() {
     --hostname-override="$node_name" --cluster-cidr="$pod_cidr" --bind-address="$node_ip" \
     --healthz-bind-address=127.0.0.1:10256 --metrics-bind-address=127.0.0.1:10249 \
     --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0
+  start coredns "$COREDNS" -conf "$dir/Corefile"
+  wait_for coredns 60 in_ns curl -fsS http://127.0.0.1:8181/ready
+  wait_for "DNS kubernetes.default.svc.cluster.local" 30 dns_a kubernetes.default.svc.cluster.local
   wait_for "node $node_name Ready" 120 kubectl_in wait --for=condition=Ready "node/$node_name" --timeout=1s
   wait_for "ServiceAccount default" 60 kubectl_in get serviceaccount default
   log "up in $((SECONDS - started))s: $(kubectl_in get node "$node_name" --no-headers)"
@@ -325,7 +385,7 @@ cmd_down() {
   local net_id="" pid i name
   net_id="$(stat -L -c %i "$ns/net" 2>/dev/null || true)"
   # The kubelet first (so it restarts nothing), then every other daemon, each given 10 s after SIGTERM.
-  for name in kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
+  for name in kubelet coredns kube-proxy kube-scheduler kube-controller-manager kube-apiserver containerd etcd; do
     pid="$(cat "$dir/pids/$name" 2>/dev/null || true)"
     [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || continue
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
