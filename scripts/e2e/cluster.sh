@@ -141,6 +141,9 @@ make_namespaces() {
   in_ns ip link add "$bridge" type bridge
   in_ns ip addr add "$node_ip/24" dev "$bridge"
   in_ns ip link set "$bridge" up
+  # Service IPs from the node itself (curl, the kubelet's probes of a Service): routed to the bridge,
+  # where kube-proxy's OUTPUT rules rewrite them (pods reach them through their default gateway).
+  in_ns ip route add "$service_cidr" dev "$bridge"
   local path shadow
   : >"$dir/created-paths"
   for path in "${shadowed[@]}"; do
@@ -187,6 +190,9 @@ wait_for() { # what seconds command...
 }
 
 write_configs() {
+  local restrict_oom=false
+  # CapBnd bit 24 is CAP_SYS_RESOURCE
+  (( 0x$(awk '$1 == "CapBnd:" { print $2 }' /proc/self/status) >> 24 & 1 )) || restrict_oom=true
   mkdir -p "$dir/cni/net.d" "$dir/containerd" "$dir/kubelet"
   cat >"$dir/cni/net.d/10-kvc.conflist" <<EOF
 {"cniVersion": "0.4.0", "name": "kvc", "plugins": [
@@ -208,6 +214,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   path = "$dir/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$pause_image"
+  # Containers' oom_score_adj no lower than containerd's own: without CAP_SYS_RESOURCE (a VM or a
+  # container may drop it from the bounding set) runc cannot write the kubelet's -998 for a sandbox.
+  restrict_oom_score_adj = $restrict_oom
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni/net.d"
@@ -331,6 +340,7 @@ cmd_up() {
     --kubelet-client-key="$pki/admin.key" --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range="$service_cidr" --authorization-mode=Node,RBAC \
+    --kubelet-preferred-address-types=InternalIP \
     --enable-admission-plugins=NodeRestriction --allow-privileged=true
   wait_for kube-apiserver 90 kubectl_in get --raw /readyz
   apply_objects

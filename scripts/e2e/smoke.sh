@@ -67,10 +67,15 @@ fi
 log "pod Ready after $((SECONDS - started))s (the kubelet's readiness probe on /health/ready passed)"
 pod_ip="$(k get pod kvnode-smoke -o jsonpath='{.status.podIP}')"
 service_ip="$(k get service kvnode-smoke -o jsonpath='{.spec.clusterIP}')"
+# kube-proxy writes a new Service's rules within its sync period (1 s): up to 30 tries, 1 s apart.
 for url in "http://$pod_ip:8080/health/ready" "http://$service_ip/health/ready"; do
-  code="$("$cluster" exec curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$url")" || die "GET $url failed"
+  for try in $(seq 30); do
+    code="$("$cluster" exec curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$url")" && break
+    [ "$try" -lt 30 ] || die "GET $url failed 30 times"
+    sleep 1
+  done
   [ "$code" = 200 ] || die "GET $url answered $code"
-  log "GET $url: 200"
+  log "GET $url: 200 (try $try)"
 done
 k logs kvnode-smoke --tail=3 >&2
 k delete --wait=true --timeout=60s pod/kvnode-smoke service/kvnode-smoke >&2
