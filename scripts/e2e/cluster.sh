@@ -8,7 +8,8 @@
 #
 #   scripts/e2e/cluster.sh up                 # build (first time: long), start, wait for the node Ready
 #   scripts/e2e/cluster.sh kubectl get pods -A   # kubectl against the cluster (inside its namespace)
-#   scripts/e2e/cluster.sh import IMAGE.tar   # ctr -n k8s.io images import (e.g. scripts/image.sh's tarball)
+#   scripts/e2e/cluster.sh import [IMAGE.tar] # ctr -n k8s.io images import; prints the image's name.
+#                                             # Without IMAGE.tar: builds it with scripts/image.sh
 #   scripts/e2e/cluster.sh exec CMD...        # run CMD inside the cluster's network and mount namespace
 #   scripts/e2e/cluster.sh status             # the daemons and the node
 #   scripts/e2e/cluster.sh down               # stop everything, remove it, and check nothing is left
@@ -198,7 +199,8 @@ write_configs() {
 {"cniVersion": "0.4.0", "name": "kvc", "plugins": [
   {"type": "bridge", "bridge": "$bridge", "isGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {"type": "host-local", "dataDir": "$dir/cni/ipam",
-            "ranges": [[{"subnet": "$pod_cidr", "gateway": "$node_ip"}]]}},
+            "ranges": [[{"subnet": "$pod_cidr", "gateway": "$node_ip"}]],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "$node_ip"}]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}
 ]}
 EOF
@@ -377,6 +379,20 @@ import_image() { # tarball
   in_ns ctr --address "$dir/containerd.sock" -n k8s.io images import "$1" >&2
 }
 
+cmd_import() { # [tarball]: imports it (scripts/image.sh's when none is given), prints its image's name
+  local archive="${1:-}" image
+  [ -d "$dir/pids" ] || die "the cluster is not up: scripts/e2e/cluster.sh up"
+  if [ -z "$archive" ]; then
+    "$root/scripts/image.sh" --out "$dir/image" >&2
+    archive="$dir/image/kvcluster.tar"
+  fi
+  [ -f "$archive" ] || die "no such image archive: $archive"
+  image="$(tar -xOf "$archive" manifest.json | sed -n 's/.*"RepoTags":\["\([^"]*\)".*/\1/p')"
+  [ -n "$image" ] || die "$archive names no image (manifest.json has no RepoTags)"
+  import_image "$archive"
+  echo "$image"
+}
+
 cmd_status() {
   [ -d "$dir/pids" ] || { log "not up ($dir has no pids)"; return 1; }
   local name pid
@@ -486,7 +502,7 @@ case "${1:-}" in
   status) tools; cmd_status ;;
   kubectl) shift; tools; kubectl_in "$@" ;;
   exec) shift; [ $# -gt 0 ] || usage 2; in_ns "$@" ;;
-  import) [ $# -eq 2 ] || usage 2; import_image "$2" ;;
+  import) [ $# -le 2 ] || usage 2; cmd_import "${2:-}" ;;
   -h|--help) usage ;;
   *) usage 2 ;;
 esac

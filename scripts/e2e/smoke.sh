@@ -7,28 +7,17 @@
 #   scripts/e2e/smoke.sh [IMAGE.tar]   # default: builds it with scripts/image.sh from $CARGO_TARGET_DIR/debug
 #
 # The image's name is read from the archive (scripts/image.sh names it kvcluster/kvcluster:VERSION).
+# Without an archive, `cluster.sh import` builds it with scripts/image.sh.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 cluster="$here/cluster.sh"
 log() { echo "smoke: $*" >&2; }
 die() { echo "smoke: FAIL: $*" >&2; exit 1; }
 
-archive="${1:-}"
-if [ -z "$archive" ]; then
-  out="$(mktemp -d)"
-  trap 'rm -rf "$out"' EXIT
-  "$root/scripts/image.sh" --out "$out" >&2
-  archive="$out/kvcluster.tar"
-fi
-[ -f "$archive" ] || die "no such image archive: $archive"
-image="$(tar -xOf "$archive" manifest.json | sed -n 's/.*"RepoTags":\["\([^"]*\)".*/\1/p')"
-[ -n "$image" ] || die "$archive names no image (manifest.json has no RepoTags)"
-
 k() { "$cluster" kubectl "$@"; }
-log "importing $image"
-"$cluster" import "$archive"
+image="$("$cluster" import "${1:-}")" || die "could not import the image"
+log "imported $image"
 
 k apply -f - <<EOF
 apiVersion: v1
