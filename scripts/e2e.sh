@@ -104,6 +104,15 @@ claim_of() { # pod: "PVC-name PVC-uid PV-name"
   claim="$(k get pod "$1" -o jsonpath='{.spec.volumes[?(@.persistentVolumeClaim)].persistentVolumeClaim.claimName}')"
   echo "$claim $(k get pvc "$claim" -o jsonpath='{.metadata.uid} {.spec.volumeName}')"
 }
+pod_pending() { # pod old-uid: a new pod of that name waits to be scheduled
+  local got
+  got="$(k get pod "$1" -o jsonpath='{.metadata.uid} {.status.phase}')" || return 1
+  [ "${got% *}" != "$2" ] && [ "${got#* }" = Pending ]
+}
+pdb_allows() { [ "$(k get pdb "$name" -o jsonpath='{.status.disruptionsAllowed}')" = "$1" ]; }
+all_on() { # image: every kvnode pod runs it
+  [ "$(k get pods -l "$selector" -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | grep -cx "$1")" = 3 ]
+}
 restarts() { k get pod "$1" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
 restarted() { # pod count: restarted more than COUNT times and Ready
   [ "$(restarts "$1")" -gt "$2" ] && k wait --for=condition=Ready "pod/$1" --timeout=2s
@@ -121,6 +130,7 @@ k create namespace "$ns" >/dev/null
 helm_ install "$release" "$root/charts/kvcluster" --wait --timeout 180s \
   --set image.pullPolicy=Never --set cluster.enabled=true --set cluster.name="$name" \
   --set cluster.storage.size=1Gi --set cluster.cacheSize=64Mi \
+  --set-json 'cluster.resources={"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"memory":"512Mi"}}' \
   --set cluster.image="$image" >&2
 until_ok "StatefulSet $name exists" k get sts "$name"
 until_ok "Service $name has a ClusterIP" k get svc "$name" -o jsonpath='{.spec.clusterIP}'
@@ -164,10 +174,8 @@ step "4 eviction refused by the PDB"
 k cordon kvc-node >&2
 before="$(claim_of "$name-0")" uid="$(k get pod "$name-0" -o jsonpath='{.metadata.uid}')"
 k delete pod "$name-0" --wait=true >&2
-until_ok "$name-0 recreated and Pending (node cordoned)" \
-  test "$(k get pod "$name-0" -o jsonpath='{.metadata.uid} {.status.phase}')" != "$uid Running"
-until_ok "PDB allows 0 disruptions" \
-  test "$(k get pdb "$name" -o jsonpath='{.status.disruptionsAllowed}')" = 0
+until_ok "$name-0 recreated and Pending (node cordoned)" pod_pending "$name-0" "$uid"
+until_ok "PDB allows 0 disruptions" pdb_allows 0
 eviction='{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"'"$name-1"'","namespace":"'"$ns"'"}}'
 if refusal="$(k create --raw "/api/v1/namespaces/$ns/pods/$name-1/eviction" -f - <<<"$eviction" 2>&1)"; then
   die "the eviction of $name-1 was accepted while $name-0 was down: $refusal"
@@ -184,8 +192,7 @@ step "5 image tag change (rolling restart)"
 next="${image%:*}:e2e-next"
 "$cluster" exec ctr --address "$dir/containerd.sock" -n k8s.io images tag "$image" "$next" >&2
 k patch kvc "$name" --type merge -p '{"spec":{"image":"'"$next"'"}}' >&2
-until_ok "every pod on $next" test "$(k get pods -l "$selector" \
-  -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | grep -cx "$next")" = 3
+until_ok "every pod on $next" all_on "$next"
 until_ok "ring settled on 3" ring_is 3
 until_ok "hints drained" hints_drained
 kill -TERM "$(cat "$load_pid_file")"

@@ -4,7 +4,8 @@
 # modules (scripts/kube/install.sh --node, cached), containerd and runc from Debian, a bridge CNI
 # (containernetworking-plugins) and a pause image built here (scripts/e2e/pause.c). Nothing is pulled.
 # CoreDNS runs beside the kubelet on the node's address (the pods' nameserver) and serves cluster.local;
-# $KVCLUSTER_E2E_PVS hostPath PersistentVolumes (default 10, 2Gi each, no StorageClass) take the claims.
+# $KVCLUSTER_E2E_PVS hostPath PersistentVolumes (default 10, 2Gi each) of the default StorageClass
+# e2e-hostpath (no provisioner, bound when the pod is scheduled) take the claims.
 #
 #   scripts/e2e/cluster.sh up                 # build (first time: long), start, wait for the node Ready
 #   scripts/e2e/cluster.sh kubectl get pods -A   # kubectl against the cluster (inside its namespace)
@@ -286,6 +287,17 @@ kind: ClusterRoleBinding
 metadata: {name: "system:coredns"}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}]
+---
+# The default class: the scheduler binds a claim to a free volume as it places the pod (with immediate
+# binding a StatefulSet's pod created with its claim can stay Pending on "unbound immediate
+# PersistentVolumeClaims").
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: e2e-hostpath
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
 EOF
   local i
   for i in $(seq "$pv_count"); do
@@ -299,6 +311,7 @@ spec:
   capacity: {storage: 2Gi}
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
+  storageClassName: e2e-hostpath
   hostPath: {path: $dir/pv/$i, type: Directory}
 ---
 EOF
