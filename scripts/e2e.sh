@@ -220,5 +220,7 @@ read -r attempted acked failed < <(python3 "$root/scripts/e2e/load.py" count "$w
   done <"$table"
   printf '%-40s %8s %10s %8s %8s\n' total "$((SECONDS - started_all))" "$attempted" "$acked" "$failed"
   echo "acknowledged writes lost (read at R=3 through each of 3 pods): $lost"
+  echo "failed writes by answer (0 = none: refused, reset or 3 s timeout): $(awk '$3 != 204 { n[$3]++ }
+    END { for (c in n) printf "%s x%d  ", c, n[c] }' "$work/load.log")"
 } | tee "$work/summary" >&2
 log "e2e: passed"
