@@ -3,7 +3,9 @@
 //! A write is a read-modify-write of the key's sibling set. It runs under one of a fixed array of
 //! striped mutexes, so two writes of one key never interleave, while the blocking RocksDB work runs on
 //! tokio's blocking pool. No lock is ever held across an await. A cache hit is served on the async
-//! thread without touching RocksDB or the blocking pool. Every stored change of a key is recorded in
+//! thread without touching RocksDB or the blocking pool, and so is a write or merge of a cached key
+//! whose lock is free when storing it needs neither a sync nor a wait for a RocksDB write stall
+//! (durability `periodic`): two thread hand-offs fewer per replica write. Every stored change of a key is recorded in
 //! the node's change log (`watch`), which wakes the requests waiting for one.
 
 use std::sync::Arc;
@@ -20,6 +22,9 @@ use crate::watch::{ChangeLog, DEFAULT_LOG_ENTRIES};
 
 /// Number of lock stripes: enough that unrelated keys rarely contend.
 const LOCK_STRIPES: usize = 1024;
+/// Largest value a write applies on the async thread (the fast path copies it once, in case it
+/// has to fall back to the blocking pool).
+const INLINE_MAX_VALUE_BYTES: usize = 16 * 1024;
 
 /// What a client write stores: a value, which may expire, or a delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,31 +117,78 @@ impl Replica {
         context: VersionVector,
         mutation: Mutation,
     ) -> Result<Arc<SiblingSet>, Error> {
+        if let Some(done) = self.write_now(partition, &key, &context, &mutation) {
+            return done;
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = this.stripe(&key).lock();
             let current = this.storage.load(partition, &key)?;
-            let siblings = current.siblings_after_update(&context);
-            if siblings > this.max_siblings {
-                this.metrics.sibling_cap_rejections.inc();
-                return Err(Error::TooManySiblings {
-                    siblings: current.siblings().len(),
-                    cap: this.max_siblings,
-                    context: this.contexts.encode(&key, current.context()),
-                });
-            }
-            let mut next = SiblingSet::clone(&current);
-            let now = now_ms();
-            let expires_at = mutation
-                .ttl
-                .map(|ttl| now.saturating_add(ttl.as_millis() as u64));
-            next.update_expiring(&context, &this.actor, mutation.value, now, expires_at)?;
-            let next = Arc::new(next);
+            let next = this.apply_write(&key, &current, &context, mutation)?;
             this.storage.store(partition, &key, next.clone())?;
             this.changes.record(&key);
             Ok(next)
         })
         .await?
+    }
+
+    /// The fast path of [`Replica::write`], on the async thread: taken when the key's lock is free,
+    /// its state is cached, the value is small and storing needs no wait (see
+    /// [`Storage::try_store_now`]). `None` when it is not taken; nothing has changed then.
+    fn write_now(
+        &self,
+        partition: u16,
+        key: &[u8],
+        context: &VersionVector,
+        mutation: &Mutation,
+    ) -> Option<Result<Arc<SiblingSet>, Error>> {
+        if mutation
+            .value
+            .as_ref()
+            .is_some_and(|v| v.len() > INLINE_MAX_VALUE_BYTES)
+        {
+            return None;
+        }
+        let _guard = self.stripe(key).try_lock()?;
+        let current = self.storage.cached(partition, key)?;
+        let stored = self
+            .apply_write(key, &current, context, mutation.clone())
+            .and_then(|next| {
+                let now = self.storage.try_store_now(partition, key, next.clone())?;
+                Ok(now.then_some(next))
+            })
+            .transpose()?;
+        if stored.is_ok() {
+            self.changes.record(key);
+        }
+        Some(stored)
+    }
+
+    /// The state after a client write to `current` (the caller holds the key's lock), or the
+    /// sibling cap's refusal.
+    fn apply_write(
+        &self,
+        key: &[u8],
+        current: &SiblingSet,
+        context: &VersionVector,
+        mutation: Mutation,
+    ) -> Result<Arc<SiblingSet>, Error> {
+        let siblings = current.siblings_after_update(context);
+        if siblings > self.max_siblings {
+            self.metrics.sibling_cap_rejections.inc();
+            return Err(Error::TooManySiblings {
+                siblings: current.siblings().len(),
+                cap: self.max_siblings,
+                context: self.contexts.encode(key, current.context()),
+            });
+        }
+        let mut next = current.clone();
+        let now = now_ms();
+        let expires_at = mutation
+            .ttl
+            .map(|ttl| now.saturating_add(ttl.as_millis() as u64));
+        next.update_expiring(context, &self.actor, mutation.value, now, expires_at)?;
+        Ok(Arc::new(next))
     }
 
     /// Merges another replica's state of `key` into the local one (replication, read repair) and
@@ -147,22 +199,61 @@ impl Replica {
         key: Arc<[u8]>,
         remote: SiblingSet,
     ) -> Result<Arc<SiblingSet>, Error> {
+        if let Some(done) = self.merge_now(partition, &key, &remote) {
+            return done;
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _guard = this.stripe(&key).lock();
             let current = this.storage.load(partition, &key)?;
-            let mut merged = SiblingSet::clone(&current);
-            merged.merge(&remote);
-            if merged == *current {
+            let Some(merged) = this.apply_merge(&current, &remote)? else {
                 return Ok(current);
-            }
-            this.check_bounds(&merged)?;
-            let merged = Arc::new(merged);
+            };
             this.storage.store(partition, &key, merged.clone())?;
             this.changes.record(&key);
             Ok(merged)
         })
         .await?
+    }
+
+    /// The fast path of [`Replica::merge`], taken as [`Replica::write_now`]'s is.
+    fn merge_now(
+        &self,
+        partition: u16,
+        key: &[u8],
+        remote: &SiblingSet,
+    ) -> Option<Result<Arc<SiblingSet>, Error>> {
+        let _guard = self.stripe(key).try_lock()?;
+        let current = self.storage.cached(partition, key)?;
+        let merged = match self.apply_merge(&current, remote) {
+            Ok(Some(merged)) => merged,
+            Ok(None) => return Some(Ok(current)),
+            Err(e) => return Some(Err(e)),
+        };
+        match self.storage.try_store_now(partition, key, merged.clone()) {
+            Ok(true) => {
+                self.changes.record(key);
+                Some(Ok(merged))
+            }
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The merge of `remote` into `current` (the caller holds the key's lock): `None` when it
+    /// changes nothing, or the bounds' refusal.
+    fn apply_merge(
+        &self,
+        current: &SiblingSet,
+        remote: &SiblingSet,
+    ) -> Result<Option<Arc<SiblingSet>>, Error> {
+        let mut merged = SiblingSet::clone(current);
+        merged.merge(remote);
+        if merged == *current {
+            return Ok(None);
+        }
+        self.check_bounds(&merged)?;
+        Ok(Some(Arc::new(merged)))
     }
 
     /// Merges a batch of states of keys in `partition` (anti-entropy, transfers, hint delivery) and
@@ -178,17 +269,16 @@ impl Replica {
             for (key, remote) in records {
                 let _guard = this.stripe(&key).lock();
                 let current = this.storage.load(partition, &key)?;
-                let mut merged = SiblingSet::clone(&current);
-                merged.merge(&remote);
-                if merged == *current {
-                    continue;
-                }
-                if let Err(e) = this.check_bounds(&merged) {
+                let merged = match this.apply_merge(&current, &remote) {
+                    Ok(Some(merged)) => merged,
+                    Ok(None) => continue,
                     // One oversized key must not stall the rest of the batch; it stays as it is here.
-                    tracing::warn!(partition, error = %e, "merge of one key refused");
-                    continue;
-                }
-                this.storage.store(partition, &key, Arc::new(merged))?;
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "merge of one key refused");
+                        continue;
+                    }
+                };
+                this.storage.store(partition, &key, merged)?;
                 this.changes.record(&key);
                 changed += 1;
             }

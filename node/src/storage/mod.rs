@@ -87,6 +87,8 @@ pub struct Storage {
     db: DB,
     cache: ObjectCache,
     write_options: WriteOptions,
+    /// `write_options` that fail rather than wait for a write stall; `None` when every write syncs.
+    no_wait_options: Option<WriteOptions>,
     incarnation: u32,
     hints: hints::HintLedger,
     max_record_bytes: usize,
@@ -129,12 +131,18 @@ impl Storage {
         )?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(durability == Durability::Fsync);
+        let no_wait_options = (durability == Durability::Periodic).then(|| {
+            let mut options = WriteOptions::default();
+            options.set_no_slowdown(true);
+            options
+        });
         let incarnation = load_or_create_incarnation(&db)?;
         let hints = hints::HintLedger::load(&db, metrics.clone())?;
         Ok(Storage {
             db,
             cache: ObjectCache::new(cache_bytes, metrics.clone()),
             write_options,
+            no_wait_options,
             incarnation,
             hints,
             max_record_bytes: codec::max_record_bytes(
@@ -213,19 +221,49 @@ impl Storage {
     /// Persists `set` as the state of `key` (synced first when durability is `fsync`). A record
     /// past the per-record cap is refused, and so is every write once the log has failed.
     pub fn store(&self, partition: u16, key: &[u8], set: Arc<SiblingSet>) -> Result<(), Error> {
+        self.put(partition, key, set, &self.write_options, false)
+            .map(drop)
+    }
+
+    /// [`Storage::store`] when that needs no wait: no sync (durability `periodic`) and no RocksDB
+    /// write stall (`no_slowdown`). `Ok(false)` when it would wait: nothing was written, and the
+    /// caller stores from the blocking pool instead. For the async threads' fast path.
+    pub fn try_store_now(
+        &self,
+        partition: u16,
+        key: &[u8],
+        set: Arc<SiblingSet>,
+    ) -> Result<bool, Error> {
+        match &self.no_wait_options {
+            Some(options) => self.put(partition, key, set, options, true),
+            None => Ok(false),
+        }
+    }
+
+    /// Writes the record of `set` with `options`, then caches it; `Ok(false)` when `no_wait` and
+    /// RocksDB answered that the write would have to wait.
+    fn put(
+        &self,
+        partition: u16,
+        key: &[u8],
+        set: Arc<SiblingSet>,
+        options: &WriteOptions,
+        no_wait: bool,
+    ) -> Result<bool, Error> {
         self.wal.check()?;
         let encoded = codec::encode(&set);
         let encoded_bytes = encoded.len();
         self.check_record_size(encoded_bytes)?;
         let rkey = record_key(partition, key);
-        self.wal.watch(self.db.put_cf_opt(
-            self.cf(OBJECTS_CF)?,
-            &rkey,
-            encoded,
-            &self.write_options,
-        ))?;
+        match self
+            .db
+            .put_cf_opt(self.cf(OBJECTS_CF)?, &rkey, encoded, options)
+        {
+            Err(e) if no_wait && e.kind() == rocksdb::ErrorKind::Incomplete => return Ok(false),
+            outcome => self.wal.watch(outcome)?,
+        }
         self.cache.insert(rkey, set, encoded_bytes);
-        Ok(())
+        Ok(true)
     }
 
     /// Refuses a record of `bytes` encoded bytes when it exceeds the per-record cap.
@@ -393,6 +431,51 @@ mod tests {
             .put_cf(cf, record_key(0, b"bad"), b"\x01\xff\xff")
             .unwrap();
         assert!(matches!(storage.load(0, b"bad"), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn only_periodic_durability_stores_without_waiting() {
+        let mut set = SiblingSet::default();
+        let actor = Actor::new("kv-0", 1);
+        set.update(&VersionVector::default(), &actor, Some(b"v".to_vec()), 0)
+            .unwrap();
+        let set = Arc::new(set);
+        let dir = tempfile::tempdir().unwrap();
+        let synced = open(dir.path());
+        assert!(
+            !synced.try_store_now(0, b"k", set.clone()).unwrap(),
+            "a write that must be synced never runs on an async thread"
+        );
+        assert!(
+            synced.load(0, b"k").unwrap().is_empty(),
+            "nothing was written"
+        );
+        drop(synced);
+        let dir = tempfile::tempdir().unwrap();
+        let periodic = Storage::open(
+            dir.path(),
+            Durability::Periodic,
+            1 << 20,
+            1 << 20,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        assert!(periodic.try_store_now(0, b"k", set.clone()).unwrap());
+        assert_eq!(periodic.load(0, b"k").unwrap(), set);
+        drop(periodic);
+        let reopened = Storage::open(
+            dir.path(),
+            Durability::Periodic,
+            1 << 20,
+            1 << 20,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        assert_eq!(
+            reopened.load(0, b"k").unwrap(),
+            set,
+            "in RocksDB, not only cached"
+        );
     }
 
     #[test]
