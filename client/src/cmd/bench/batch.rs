@@ -12,7 +12,9 @@ use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
-use super::{LoadStats, Shared, error_kind, key_name};
+use super::Shared;
+use super::keys::key_name;
+use super::stats::{LoadStats, error_kind};
 
 /// Sends one batch and records each item's outcome.
 pub(super) async fn step(

@@ -1,0 +1,416 @@
+//! `kvctl bench`: a closed-loop YCSB-style load (DESIGN.md section 8).
+//!
+//! `--clients` tasks each issue one request at a time, round-robin over the endpoints, until `--duration`
+//! has passed or `--max-ops` requests were issued, whichever comes first. A read is a `GET`, a write a `PUT`
+//! carrying the causal context of the key's last read or write by the same client, so the load does not pile
+//! up blind-write siblings. Latencies go into HdrHistograms (microseconds); errors are counted by kind and are
+//! not latencies.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+use kvclient::Client;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tokio::time::Instant;
+
+mod batch;
+mod keys;
+mod kvcluster;
+mod report;
+mod stats;
+
+use keys::{KeyChooser, KeyDistribution};
+use kvcluster::{client_loop, preload};
+use report::{format_report, report};
+use stats::LoadStats;
+
+use crate::{Access, EXIT_REFUSED, EXIT_UNREACHABLE, local_failure, stderr_line, stdout_bytes};
+
+/// Largest `--keys`.
+const MAX_KEYS: u64 = 100_000_000;
+/// Largest `--value-size` (the node's default value limit).
+const MAX_VALUE_SIZE: u64 = kvapi::DEFAULT_MAX_VALUE_BYTES as u64;
+/// Hard cap on the operations of one run when `--max-ops` is absent.
+const DEFAULT_MAX_OPS: u64 = 1_000_000_000;
+
+/// Arguments of `kvctl bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Endpoints to spread the requests over, comma-separated; the global --endpoint when absent.
+    #[arg(
+        long,
+        env = "KVCTL_BENCH_ENDPOINTS",
+        value_name = "URL,URL,...",
+        value_delimiter = ','
+    )]
+    pub(crate) endpoints: Vec<String>,
+
+    /// Concurrent clients, each with one request in flight (closed loop).
+    #[arg(long, env = "KVCTL_BENCH_CLIENTS", default_value_t = 16, value_name = "COUNT",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(crate) clients: u32,
+
+    /// How long to measure (after the warmup), such as `10s` or `2m`.
+    #[arg(long, env = "KVCTL_BENCH_DURATION", default_value = "10s", value_name = "DURATION",
+          value_parser = parse_positive_duration)]
+    pub(crate) duration: Duration,
+
+    /// Load to run and discard before measuring.
+    #[arg(long, env = "KVCTL_BENCH_WARMUP", default_value = "0s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub(crate) warmup: Duration,
+
+    /// Number of distinct keys (`bench-000000` ...).
+    #[arg(long, env = "KVCTL_BENCH_KEYS", default_value_t = 10_000, value_name = "COUNT",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_KEYS))]
+    pub(crate) keys: u64,
+
+    /// Bytes per written value.
+    #[arg(long, env = "KVCTL_BENCH_VALUE_SIZE", default_value_t = 100, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_VALUE_SIZE))]
+    pub(crate) value_size: u64,
+
+    /// Fraction of operations that are reads, 0..=1 (0.5 = YCSB A, 0.95 = B, 1 = C).
+    #[arg(long, env = "KVCTL_BENCH_READ_RATIO", default_value_t = 0.5, value_name = "RATIO",
+          value_parser = parse_ratio)]
+    pub(crate) read_ratio: f64,
+
+    /// Key popularity.
+    #[arg(
+        long,
+        env = "KVCTL_BENCH_DISTRIBUTION",
+        value_enum,
+        default_value = "zipfian"
+    )]
+    pub(crate) distribution: KeyDistribution,
+
+    /// Write every key once (read for its context, then write; at most --clients at a time) before the load.
+    #[arg(long, env = "KVCTL_BENCH_PRELOAD")]
+    pub(crate) preload: bool,
+
+    /// Upper bound on the preload's time.
+    #[arg(long, env = "KVCTL_BENCH_PRELOAD_TIMEOUT", default_value = "5m", value_name = "DURATION",
+          value_parser = parse_positive_duration)]
+    pub(crate) preload_timeout: Duration,
+
+    /// Hard cap on the measured operations (the warmup has the same cap); 1e9 when absent.
+    #[arg(long, env = "KVCTL_BENCH_MAX_OPS", value_name = "COUNT",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_ops: Option<u64>,
+
+    /// Client-side deadline of one request; a request that takes longer counts as a `timeout` error.
+    #[arg(long, env = "KVCTL_BENCH_TIMEOUT", default_value = "5s", value_name = "DURATION",
+          value_parser = parse_positive_duration)]
+    pub(crate) timeout: Duration,
+
+    /// Operations per request: each request is one `POST /v1/batch` of this many operations on
+    /// distinct keys (1: single-key requests). Each item counts as an operation, with its batch's
+    /// latency; --max-ops counts requests.
+    #[arg(long, env = "KVCTL_BENCH_BATCH", default_value_t = 1, value_name = "K",
+          value_parser = clap::value_parser!(u32).range(1..=kvapi::batch::MAX_BATCH_ITEMS as i64))]
+    pub(crate) batch: u32,
+
+    /// Print the result as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Parses a humantime duration (`0s` allowed).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 10s, 2m)"))
+}
+
+/// Parses a humantime duration greater than zero.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        Err("must be greater than zero".to_owned())
+    } else {
+        Ok(duration)
+    }
+}
+
+/// Parses a ratio within 0..=1.
+pub(crate) fn parse_ratio(text: &str) -> Result<f64, String> {
+    let ratio: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err(format!("{ratio} is not within 0..=1"))
+    }
+}
+
+/// The validated plan of a run.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Normalised endpoints.
+    endpoints: Vec<String>,
+    /// Concurrent clients.
+    clients: u32,
+    /// Measured duration.
+    duration: Duration,
+    /// Discarded warmup.
+    warmup: Duration,
+    /// Distinct keys.
+    keys: u64,
+    /// Bytes per value.
+    value_size: usize,
+    /// Fraction of reads.
+    read_ratio: f64,
+    /// Key popularity.
+    distribution: KeyDistribution,
+    /// Whether to preload.
+    preload: bool,
+    /// Bound of the preload's time.
+    preload_timeout: Duration,
+    /// Cap on the measured operations.
+    max_ops: u64,
+    /// Per-request client deadline.
+    timeout: Duration,
+    /// Operations per request.
+    batch: u32,
+}
+
+/// Checks the arguments and builds the plan (`default_endpoint` is the global `--endpoint`).
+pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, String> {
+    let mut endpoints: Vec<String> = args
+        .endpoints
+        .iter()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        endpoints.push(default_endpoint.to_owned());
+    }
+    let mut normalised = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        normalised.push(kvclient::normalise_endpoint(&endpoint).map_err(|e| e.to_string())?);
+    }
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        return Err(format!(
+            "--read-ratio {} is not within 0..=1",
+            args.read_ratio
+        ));
+    }
+    if args.duration.is_zero() {
+        return Err("--duration must be greater than zero".to_owned());
+    }
+    if args.keys == 0 || args.keys > MAX_KEYS {
+        return Err(format!("--keys must be within 1..={MAX_KEYS}"));
+    }
+    let value_size = usize::try_from(args.value_size)
+        .ok()
+        .filter(|size| *size as u64 <= MAX_VALUE_SIZE)
+        .ok_or_else(|| format!("--value-size must be at most {MAX_VALUE_SIZE}"))?;
+    Ok(Plan {
+        endpoints: normalised,
+        clients: args.clients.max(1),
+        duration: args.duration,
+        warmup: args.warmup,
+        keys: args.keys,
+        value_size,
+        read_ratio: args.read_ratio,
+        distribution: args.distribution,
+        preload: args.preload,
+        preload_timeout: args.preload_timeout,
+        max_ops: args.max_ops.unwrap_or(DEFAULT_MAX_OPS),
+        timeout: args.timeout,
+        batch: args.batch,
+    })
+}
+
+/// The state the clients of a run share.
+#[derive(Debug)]
+struct Shared {
+    /// The plan.
+    plan: Plan,
+    /// One client per endpoint (clones share their connection pool).
+    clients: Vec<Client>,
+    /// Key popularity.
+    chooser: KeyChooser,
+    /// The value every write sends.
+    value: Bytes,
+    /// When measuring starts (the end of the warmup).
+    measure_start: Instant,
+    /// When the clients stop issuing operations.
+    end: Instant,
+    /// Warmup operations issued.
+    warmup_issued: AtomicU64,
+    /// Measured operations issued.
+    measured_issued: AtomicU64,
+}
+
+/// Runs `kvctl bench`.
+pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs) -> ExitCode {
+    let plan = match plan(&args, default_endpoint) {
+        Ok(plan) => plan,
+        Err(e) => {
+            stderr_line(&format!("error: {e}"));
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    // One connection pool and TLS setup, shared by a client per endpoint.
+    let mut clients: Vec<Client> = Vec::with_capacity(plan.endpoints.len());
+    for endpoint in &plan.endpoints {
+        let client = match clients.first() {
+            Some(first) => first.at(endpoint),
+            None => access.client(endpoint).timeout(plan.timeout).build(),
+        };
+        match client {
+            Ok(client) => clients.push(client),
+            Err(e) => return crate::fail(&e),
+        }
+    }
+    let mut seed_rng = SmallRng::seed_from_u64(rand::random());
+    let value: Vec<u8> = (0..plan.value_size)
+        .map(|_| seed_rng.random_range(b'a'..=b'z'))
+        .collect();
+    let mut shared = Shared {
+        chooser: KeyChooser::new(plan.distribution, plan.keys),
+        plan: plan.clone(),
+        clients,
+        value: Bytes::from(value),
+        measure_start: Instant::now(),
+        end: Instant::now(),
+        warmup_issued: AtomicU64::new(0),
+        measured_issued: AtomicU64::new(0),
+    };
+
+    let (preload_report, contexts) = if plan.preload {
+        if !args.json {
+            stderr_line(&format!("preloading {} keys ...", plan.keys));
+        }
+        let shared_for_preload = Arc::new(shared);
+        let (report, contexts) = preload(&shared_for_preload).await;
+        shared = match Arc::try_unwrap(shared_for_preload) {
+            Ok(shared) => shared,
+            Err(_) => {
+                stderr_line("error: the preload did not release its state");
+                return ExitCode::from(EXIT_REFUSED);
+            }
+        };
+        if report.written == 0 {
+            stderr_line(&format!(
+                "error: the preload wrote no key (errors: {:?})",
+                report.errors
+            ));
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        (Some(report), contexts)
+    } else {
+        (None, HashMap::new())
+    };
+
+    let start = Instant::now();
+    shared.measure_start = start + plan.warmup;
+    shared.end = shared.measure_start + plan.duration;
+    let shared = Arc::new(shared);
+    if !args.json {
+        stderr_line(&format!(
+            "running {} client(s) for {}{} ...",
+            plan.clients,
+            humantime::format_duration(plan.duration),
+            if plan.warmup.is_zero() {
+                String::new()
+            } else {
+                format!(" after {} warmup", humantime::format_duration(plan.warmup))
+            }
+        ));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..plan.clients as usize {
+        tasks.spawn(client_loop(
+            Arc::clone(&shared),
+            index,
+            contexts.clone(),
+            seed_rng.random(),
+        ));
+    }
+    let mut merged = match LoadStats::new() {
+        Ok(stats) => stats,
+        Err(e) => {
+            stderr_line(&format!("error: {e}"));
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    // Each client stops issuing at `end` and its last request is bounded by the request timeout.
+    let hard_stop = shared.end + plan.timeout + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(hard_stop, tasks.join_next()).await {
+            Ok(Some(Ok(Ok(stats)))) => merged.merge(&stats),
+            Ok(Some(Ok(Err(e)))) => {
+                stderr_line(&format!("error: {e}"));
+                return ExitCode::from(EXIT_REFUSED);
+            }
+            Ok(Some(Err(e))) => {
+                stderr_line(&format!("error: a client task failed: {e}"));
+                return ExitCode::from(EXIT_REFUSED);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                stderr_line("warning: some clients did not finish in time; their results are lost");
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    let elapsed = merged
+        .last_done
+        .map(|done| done.saturating_duration_since(shared.measure_start))
+        .unwrap_or(plan.duration)
+        .as_secs_f64();
+    let result = report(&plan, &merged, elapsed, preload_report);
+    let text = if args.json {
+        match serde_json::to_string_pretty(&result) {
+            Ok(json) => format!("{json}\n"),
+            Err(e) => {
+                stderr_line(&format!("error: encoding the result: {e}"));
+                return ExitCode::from(EXIT_REFUSED);
+            }
+        }
+    } else {
+        format_report(&result)
+    };
+    if let Err(e) = stdout_bytes(text.as_bytes()) {
+        return local_failure(&e);
+    }
+    let ok = result.operations.get(2).map_or(0, |total| total.ops);
+    if ok == 0 {
+        stderr_line("error: no operation succeeded");
+        return ExitCode::from(EXIT_UNREACHABLE);
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_and_durations_are_checked() {
+        assert_eq!(parse_ratio("0").unwrap(), 0.0);
+        assert_eq!(parse_ratio("1").unwrap(), 1.0);
+        assert_eq!(parse_ratio(" 0.95").unwrap(), 0.95);
+        assert!(parse_ratio("1.5").is_err());
+        assert!(parse_ratio("-0.1").is_err());
+        assert!(parse_ratio("NaN").is_err());
+        assert!(parse_ratio("half").is_err());
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(
+            parse_positive_duration("1m 30s").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert!(parse_duration("ten").is_err());
+    }
+}
