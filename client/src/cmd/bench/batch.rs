@@ -16,12 +16,13 @@ use super::Shared;
 use super::keys::key_name;
 use super::stats::{LoadStats, error_kind};
 
-/// Sends one batch and records each item's outcome.
+/// Sends one batch and records each item's outcome, its latency counted from `started` (when it was due).
 pub(super) async fn step(
     shared: &Shared,
     client: &Client,
     rng: &mut SmallRng,
     contexts: &mut HashMap<u64, String>,
+    started: Instant,
     measuring: bool,
     stats: &mut LoadStats,
 ) {
@@ -49,7 +50,6 @@ pub(super) async fn step(
             ttl: None,
         });
     }
-    let started = Instant::now();
     let outcome = client.batch(items, &BatchOptions::default()).await;
     let elapsed = started.elapsed();
     let results = match outcome {

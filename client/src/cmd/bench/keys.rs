@@ -43,7 +43,7 @@ impl Zipfian {
     /// A generator over `0..items` (`items` ≥ 1), computing `zeta(items, theta)` in O(items). (The bench
     /// itself uses [`ScrambledZipfian`].)
     #[cfg(test)]
-    pub(super) fn new(items: u64, theta: f64) -> Zipfian {
+    fn new(items: u64, theta: f64) -> Zipfian {
         Zipfian::with_zetan(items, theta, zeta(items, theta))
     }
 
@@ -83,7 +83,7 @@ impl Zipfian {
 }
 
 /// `sum_{i=1..=n} 1 / i^theta`.
-pub(super) fn zeta(n: u64, theta: f64) -> f64 {
+fn zeta(n: u64, theta: f64) -> f64 {
     (1..=n).map(|i| 1.0 / (i as f64).powf(theta)).sum()
 }
 
@@ -119,7 +119,7 @@ impl ScrambledZipfian {
 
     /// The key the underlying generator's most popular item lands on.
     #[cfg(test)]
-    pub(super) fn hottest(&self) -> u64 {
+    fn hottest(&self) -> u64 {
         fnv1a_64(0) % self.items
     }
 }
@@ -172,7 +172,7 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    pub(super) fn zipfian_samples_stay_in_range_and_favour_key_zero() {
+    fn zipfian_samples_stay_in_range_and_favour_key_zero() {
         let mut rng = SmallRng::seed_from_u64(7);
         for items in [1u64, 2, 3, 10, 1000] {
             let zipf = Zipfian::new(items, ZIPFIAN_THETA);
@@ -192,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn zipfian_probabilities_match_theory() {
+    fn zipfian_probabilities_match_theory() {
         let items = 1000u64;
         let zipf = Zipfian::new(items, ZIPFIAN_THETA);
         let mut rng = SmallRng::seed_from_u64(11);
@@ -217,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn scrambled_zipfian_is_skewed_but_spread() {
+    fn scrambled_zipfian_is_skewed_but_spread() {
         let keys = 10_000u64;
         let zipf = ScrambledZipfian::new(keys);
         let mut rng = SmallRng::seed_from_u64(3);
@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn fnv_matches_ycsb() {
+    fn fnv_matches_ycsb() {
         // YCSB's Utils.fnvhash64(0) and (1), from its Java implementation.
         let basis = 0xCBF2_9CE4_8422_2325u64;
         let mut expected = basis;
@@ -260,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn uniform_keys_cover_the_range() {
+    fn uniform_keys_cover_the_range() {
         let chooser = KeyChooser::new(KeyDistribution::Uniform, 10);
         let mut rng = SmallRng::seed_from_u64(5);
         let mut seen = [false; 10];

@@ -1,10 +1,12 @@
-//! `kvctl bench`: a closed-loop YCSB-style load (DESIGN.md section 8).
+//! `kvctl bench`: a YCSB-style load (DESIGN.md section 8) against kvcluster or a peer system (etcd, Redis),
+//! so that they are measured by one client with the same settings.
 //!
 //! `--clients` tasks each issue one request at a time, round-robin over the endpoints, until `--duration`
-//! has passed or `--max-ops` requests were issued, whichever comes first. A read is a `GET`, a write a `PUT`
-//! carrying the causal context of the key's last read or write by the same client, so the load does not pile
-//! up blind-write siblings. Latencies go into HdrHistograms (microseconds); errors are counted by kind and are
-//! not latencies.
+//! has passed or `--max-ops` requests were issued, whichever comes first: as fast as answers come (closed
+//! loop) or at a fixed total `--rate` (open loop, latency from the intended send time). On kvcluster a
+//! read is a `GET`, a write a `PUT` carrying the causal context of the key's last read or write by the
+//! same client, so the load does not pile up blind-write siblings. Latencies go into HdrHistograms
+//! (microseconds); errors are counted by kind and are not latencies.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use clap::Args;
 use kvclient::Client;
@@ -20,15 +23,23 @@ use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
 mod batch;
+mod cpu;
+mod etcd;
 mod keys;
-mod kvcluster;
+mod load;
 mod report;
+mod resp;
 mod stats;
+mod target;
+mod workload;
 
+use cpu::CpuProbe;
 use keys::{KeyChooser, KeyDistribution};
-use kvcluster::{client_loop, preload};
+use load::{client_loop, preload};
 use report::{format_report, report};
 use stats::LoadStats;
+use target::{Backend, Target};
+use workload::{Schedule, Workload};
 
 use crate::{Access, EXIT_REFUSED, EXIT_UNREACHABLE, local_failure, stderr_line, stdout_bytes};
 
@@ -38,11 +49,24 @@ const MAX_KEYS: u64 = 100_000_000;
 const MAX_VALUE_SIZE: u64 = kvapi::DEFAULT_MAX_VALUE_BYTES as u64;
 /// Hard cap on the operations of one run when `--max-ops` is absent.
 const DEFAULT_MAX_OPS: u64 = 1_000_000_000;
+/// Largest `--rate`.
+const MAX_RATE: f64 = 10_000_000.0;
 
 /// Arguments of `kvctl bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Endpoints to spread the requests over, comma-separated; the global --endpoint when absent.
+    /// The system under load.
+    #[arg(
+        long,
+        env = "KVCTL_BENCH_TARGET",
+        value_enum,
+        default_value = "kvcluster"
+    )]
+    pub(crate) target: Target,
+
+    /// Endpoints to spread the requests over, comma-separated: kvcluster nodes (the global --endpoint
+    /// when absent), etcd members (`http://host:2379`) or Redis servers (`host:6379`; each client keeps
+    /// one connection to one of them).
     #[arg(
         long,
         env = "KVCTL_BENCH_ENDPOINTS",
@@ -51,7 +75,7 @@ pub(crate) struct BenchArgs {
     )]
     pub(crate) endpoints: Vec<String>,
 
-    /// Concurrent clients, each with one request in flight (closed loop).
+    /// Concurrent clients, each with one request in flight.
     #[arg(long, env = "KVCTL_BENCH_CLIENTS", default_value_t = 16, value_name = "COUNT",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub(crate) clients: u32,
@@ -76,10 +100,29 @@ pub(crate) struct BenchArgs {
           value_parser = clap::value_parser!(u64).range(0..=MAX_VALUE_SIZE))]
     pub(crate) value_size: u64,
 
-    /// Fraction of operations that are reads, 0..=1 (0.5 = YCSB A, 0.95 = B, 1 = C).
+    /// Fraction of operations that are reads, 0..=1 (0.5 = YCSB A, 0.95 = B, 1 = C); see --workload.
     #[arg(long, env = "KVCTL_BENCH_READ_RATIO", default_value_t = 0.5, value_name = "RATIO",
           value_parser = parse_ratio)]
     pub(crate) read_ratio: f64,
+
+    /// A named mix instead of --read-ratio: `write` (0), `a` (0.5), `b` (0.95) or `c` (1).
+    #[arg(
+        long,
+        env = "KVCTL_BENCH_WORKLOAD",
+        value_enum,
+        conflicts_with = "read_ratio"
+    )]
+    pub(crate) workload: Option<Workload>,
+
+    /// Open loop: this many operations per second in total, each due at a fixed time whichever client
+    /// is free, with latency counted from that time (no coordinated omission). Closed loop when absent.
+    #[arg(long, env = "KVCTL_BENCH_RATE", value_name = "OPS", value_parser = parse_rate)]
+    pub(crate) rate: Option<f64>,
+
+    /// A local server process (repeatable): its CPU-seconds (user + system, /proc/PID/stat) over the
+    /// measured phase are reported, also per 1,000 operations.
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub(crate) server_pids: Vec<u32>,
 
     /// Key popularity.
     #[arg(
@@ -136,6 +179,19 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Parses an operation rate within 0 (exclusive) ..= 10 million per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if rate > 0.0 && rate <= MAX_RATE {
+        Ok(rate)
+    } else {
+        Err(format!("{rate} is not within 0 (exclusive) ..= {MAX_RATE}"))
+    }
+}
+
 /// Parses a ratio within 0..=1.
 pub(crate) fn parse_ratio(text: &str) -> Result<f64, String> {
     let ratio: f64 = text
@@ -152,6 +208,8 @@ pub(crate) fn parse_ratio(text: &str) -> Result<f64, String> {
 /// The validated plan of a run.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
+    /// The system under load.
+    target: Target,
     /// Normalised endpoints.
     endpoints: Vec<String>,
     /// Concurrent clients.
@@ -178,6 +236,8 @@ pub(crate) struct Plan {
     timeout: Duration,
     /// Operations per request.
     batch: u32,
+    /// Open-loop rate, operations per second.
+    rate: Option<f64>,
 }
 
 /// Checks the arguments and builds the plan (`default_endpoint` is the global `--endpoint`).
@@ -189,13 +249,26 @@ pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, Str
         .filter(|e| !e.is_empty())
         .collect();
     if endpoints.is_empty() {
+        if args.target != Target::Kvcluster {
+            return Err(format!("--target {:?} needs --endpoints", args.target));
+        }
         endpoints.push(default_endpoint.to_owned());
     }
     let mut normalised = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
-        normalised.push(kvclient::normalise_endpoint(&endpoint).map_err(|e| e.to_string())?);
+        normalised.push(match args.target {
+            Target::Kvcluster => {
+                kvclient::normalise_endpoint(&endpoint).map_err(|e| e.to_string())?
+            }
+            Target::Etcd => target::http_base(&endpoint)?,
+            Target::Redis => target::redis_address(&endpoint)?,
+        });
     }
-    if !(0.0..=1.0).contains(&args.read_ratio) {
+    if args.batch > 1 && args.target != Target::Kvcluster {
+        return Err("--batch needs --target kvcluster".to_owned());
+    }
+    let read_ratio = args.workload.map_or(args.read_ratio, Workload::read_ratio);
+    if !(0.0..=1.0).contains(&read_ratio) {
         return Err(format!(
             "--read-ratio {} is not within 0..=1",
             args.read_ratio
@@ -212,19 +285,21 @@ pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, Str
         .filter(|size| *size as u64 <= MAX_VALUE_SIZE)
         .ok_or_else(|| format!("--value-size must be at most {MAX_VALUE_SIZE}"))?;
     Ok(Plan {
+        target: args.target,
         endpoints: normalised,
         clients: args.clients.max(1),
         duration: args.duration,
         warmup: args.warmup,
         keys: args.keys,
         value_size,
-        read_ratio: args.read_ratio,
+        read_ratio,
         distribution: args.distribution,
         preload: args.preload,
         preload_timeout: args.preload_timeout,
         max_ops: args.max_ops.unwrap_or(DEFAULT_MAX_OPS),
         timeout: args.timeout,
         batch: args.batch,
+        rate: args.rate,
     })
 }
 
@@ -233,8 +308,10 @@ pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, Str
 struct Shared {
     /// The plan.
     plan: Plan,
-    /// One client per endpoint (clones share their connection pool).
-    clients: Vec<Client>,
+    /// The target's shared connection state.
+    backend: Backend,
+    /// The open loop's schedule (`None`: closed loop).
+    schedule: Option<Schedule>,
     /// Key popularity.
     chooser: KeyChooser,
     /// The value every write sends.
@@ -258,26 +335,55 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
             return ExitCode::from(EXIT_REFUSED);
         }
     };
-    // One connection pool and TLS setup, shared by a client per endpoint.
-    let mut clients: Vec<Client> = Vec::with_capacity(plan.endpoints.len());
-    for endpoint in &plan.endpoints {
-        let client = match clients.first() {
-            Some(first) => first.at(endpoint),
-            None => access.client(endpoint).timeout(plan.timeout).build(),
-        };
-        match client {
-            Ok(client) => clients.push(client),
-            Err(e) => return crate::fail(&e),
-        }
-    }
     let mut seed_rng = SmallRng::seed_from_u64(rand::random());
     let value: Vec<u8> = (0..plan.value_size)
         .map(|_| seed_rng.random_range(b'a'..=b'z'))
         .collect();
+    let backend = match plan.target {
+        Target::Kvcluster => {
+            // One connection pool and TLS setup, shared by a client per endpoint.
+            let mut clients: Vec<Client> = Vec::with_capacity(plan.endpoints.len());
+            for endpoint in &plan.endpoints {
+                let client = match clients.first() {
+                    Some(first) => first.at(endpoint),
+                    None => access.client(endpoint).timeout(plan.timeout).build(),
+                };
+                match client {
+                    Ok(client) => clients.push(client),
+                    Err(e) => return crate::fail(&e),
+                }
+            }
+            Backend::Kvcluster(clients)
+        }
+        Target::Etcd => match target::plain_http(plan.timeout) {
+            Ok(http) => Backend::Etcd {
+                http,
+                bases: plan.endpoints.clone(),
+                value_b64: base64::engine::general_purpose::STANDARD.encode(&value),
+            },
+            Err(e) => {
+                stderr_line(&format!("error: {e}"));
+                return ExitCode::from(EXIT_REFUSED);
+            }
+        },
+        Target::Redis => Backend::Redis(plan.endpoints.clone()),
+    };
+    let cpu = if args.server_pids.is_empty() {
+        None
+    } else {
+        match CpuProbe::new(&args.server_pids) {
+            Ok(probe) => Some(probe),
+            Err(e) => {
+                stderr_line(&format!("error: {e}"));
+                return ExitCode::from(EXIT_REFUSED);
+            }
+        }
+    };
     let mut shared = Shared {
         chooser: KeyChooser::new(plan.distribution, plan.keys),
         plan: plan.clone(),
-        clients,
+        backend,
+        schedule: None,
         value: Bytes::from(value),
         measure_start: Instant::now(),
         end: Instant::now(),
@@ -313,6 +419,7 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
     let start = Instant::now();
     shared.measure_start = start + plan.warmup;
     shared.end = shared.measure_start + plan.duration;
+    shared.schedule = plan.rate.map(|rate| Schedule::new(start, rate));
     let shared = Arc::new(shared);
     if !args.json {
         stderr_line(&format!(
@@ -335,6 +442,14 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
             seed_rng.random(),
         ));
     }
+    // The servers' CPU time at the start of the measured phase.
+    let cpu_start = cpu.clone().map(|probe| {
+        let at = shared.measure_start;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            probe.seconds()
+        })
+    });
     let mut merged = match LoadStats::new() {
         Ok(stats) => stats,
         Err(e) => {
@@ -368,7 +483,22 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
         .map(|done| done.saturating_duration_since(shared.measure_start))
         .unwrap_or(plan.duration)
         .as_secs_f64();
-    let result = report(&plan, &merged, elapsed, preload_report);
+    let server_cpu = match (cpu, cpu_start) {
+        (Some(probe), Some(start)) => match (start.await, probe.seconds()) {
+            (Ok(Ok(before)), Ok(after)) => Some(after - before),
+            (Ok(Err(e)), _) | (_, Err(e)) => {
+                stderr_line(&format!("warning: server CPU not measured: {e}"));
+                None
+            }
+            (Err(e), _) => {
+                stderr_line(&format!("warning: server CPU not measured: {e}"));
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut result = report(&plan, &merged, elapsed, preload_report);
+    result.set_server_cpu(&args.server_pids, server_cpu);
     let text = if args.json {
         match serde_json::to_string_pretty(&result) {
             Ok(json) => format!("{json}\n"),

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::Plan;
+use super::Target;
 use super::keys::KeyDistribution;
-use super::kvcluster::PreloadReport;
+use super::load::PreloadReport;
 use super::stats::{LoadStats, OpStats};
 
 /// One row of the result.
@@ -73,6 +74,10 @@ impl OpReport {
 /// The result of a run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct BenchReport {
+    /// The system under load.
+    pub(super) target: Target,
+    /// Open-loop rate, operations per second (`null`: closed loop).
+    pub(super) rate: Option<f64>,
     /// Endpoints the load went to.
     pub(super) endpoints: Vec<String>,
     /// Concurrent clients.
@@ -103,6 +108,23 @@ pub(crate) struct BenchReport {
     pub(super) max_siblings: u64,
     /// Reads that returned more than one live sibling.
     pub(super) reads_with_siblings: u64,
+    /// The `--server-pid` processes.
+    pub(super) server_pids: Vec<u32>,
+    /// Their CPU-seconds over the measured phase, together.
+    pub(super) server_cpu_s: Option<f64>,
+    /// Those CPU-seconds per 1,000 successful operations.
+    pub(super) server_cpu_s_per_1000_ops: Option<f64>,
+}
+
+impl BenchReport {
+    /// Adds the servers' CPU-seconds over the measured phase (`None`: not measured).
+    pub(super) fn set_server_cpu(&mut self, pids: &[u32], seconds: Option<f64>) {
+        self.server_pids = pids.to_vec();
+        self.server_cpu_s = seconds;
+        let ops = self.operations.get(2).map_or(0, |total| total.ops);
+        self.server_cpu_s_per_1000_ops =
+            seconds.filter(|_| ops > 0).map(|s| s * 1000.0 / ops as f64);
+    }
 }
 
 /// Builds the report of a run from the merged statistics.
@@ -120,6 +142,8 @@ pub(super) fn report(
         OpReport::new("total", &total, elapsed),
     ];
     BenchReport {
+        target: plan.target,
+        rate: plan.rate,
         endpoints: plan.endpoints.clone(),
         clients: plan.clients,
         keys: plan.keys,
@@ -135,14 +159,26 @@ pub(super) fn report(
         reads_not_found: stats.not_found,
         max_siblings: stats.max_siblings,
         reads_with_siblings: stats.multi_sibling_reads,
+        server_pids: Vec::new(),
+        server_cpu_s: None,
+        server_cpu_s_per_1000_ops: None,
     }
 }
 
 /// The human-readable result: a settings line, the table, then errors by kind and the sibling statistics.
 pub(crate) fn format_report(report: &BenchReport) -> String {
     let mut out = format!(
-        "{} client(s), {} endpoint(s), {} keys ({}), {} B values, read ratio {}, {:.2}s measured{}\n",
+        "{}: {} client(s){}, {} endpoint(s), {} keys ({}), {} B values, read ratio {}, {:.2}s measured{}\n",
+        match report.target {
+            Target::Kvcluster => "kvcluster",
+            Target::Etcd => "etcd",
+            Target::Redis => "redis",
+        },
         report.clients,
+        match report.rate {
+            Some(rate) => format!(" at {rate} ops/s (open loop)"),
+            None => String::new(),
+        },
         report.endpoints.len(),
         report.keys,
         match report.distribution {
@@ -194,11 +230,28 @@ pub(crate) fn format_report(report: &BenchReport) -> String {
             out.push_str(&format!("{} errors {kind}: {count}\n", row.operation));
         }
     }
+    if let Some(cpu) = report.server_cpu_s {
+        out.push_str(&format!(
+            "server CPU: {cpu:.3} s over {} process(es){}\n",
+            report.server_pids.len(),
+            match report.server_cpu_s_per_1000_ops {
+                Some(per) => format!(", {per:.3} CPU-s per 1,000 ops"),
+                None => String::new(),
+            }
+        ));
+    }
     let reads = report.operations.first().map_or(0, |r| r.ops);
-    out.push_str(&format!(
-        "siblings: max {} live per read; {} of {reads} reads saw more than one; {} reads found no value\n",
-        report.max_siblings, report.reads_with_siblings, report.reads_not_found
-    ));
+    if report.target == Target::Kvcluster {
+        out.push_str(&format!(
+            "siblings: max {} live per read; {} of {reads} reads saw more than one; {} reads found no value\n",
+            report.max_siblings, report.reads_with_siblings, report.reads_not_found
+        ));
+    } else {
+        out.push_str(&format!(
+            "{} of {reads} reads found no value\n",
+            report.reads_not_found
+        ));
+    }
     out
 }
 
@@ -208,7 +261,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    pub(super) fn stats_with(latencies_us: &[u64], errors: &[(&str, u64)]) -> OpStats {
+    fn stats_with(latencies_us: &[u64], errors: &[(&str, u64)]) -> OpStats {
         let mut stats = OpStats::new().unwrap();
         for us in latencies_us {
             stats.record(Duration::from_micros(*us));
@@ -221,8 +274,9 @@ mod tests {
         stats
     }
 
-    pub(super) fn sample_plan() -> Plan {
+    fn sample_plan() -> Plan {
         Plan {
+            target: Target::Kvcluster,
             endpoints: vec!["http://127.0.0.1:8080".into()],
             clients: 4,
             duration: Duration::from_secs(2),
@@ -236,11 +290,12 @@ mod tests {
             max_ops: 10,
             timeout: Duration::from_secs(1),
             batch: 1,
+            rate: None,
         }
     }
 
     #[test]
-    pub(super) fn reports_merge_and_format() {
+    fn reports_merge_and_format() {
         let mut stats = LoadStats::new().unwrap();
         let mut one = LoadStats::new().unwrap();
         one.read = stats_with(&[1000, 2000, 3000, 4000], &[("503 quorum_not_reached", 2)]);
@@ -261,7 +316,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "4 client(s), 1 endpoint(s), 100 keys (zipfian 0.99), 10 B values, read ratio 0.5, 2.00s measured"
+            "kvcluster: 4 client(s), 1 endpoint(s), 100 keys (zipfian 0.99), 10 B values, read ratio 0.5, 2.00s measured"
         );
         assert_eq!(
             lines[1],
@@ -290,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn empty_reports_have_zero_rows() {
+    fn empty_reports_have_zero_rows() {
         let stats = LoadStats::new().unwrap();
         let result = report(&sample_plan(), &stats, 0.0, None);
         assert!(

@@ -7,6 +7,8 @@ use hdrhistogram::Histogram;
 use kvclient::Error;
 use tokio::time::Instant;
 
+use super::target::Got;
+
 /// Highest latency a histogram tracks, in microseconds (larger values are clamped to it).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
@@ -78,6 +80,19 @@ impl LoadStats {
             multi_sibling_reads: 0,
             last_done: None,
         })
+    }
+
+    /// Counts what a successful read found.
+    pub(super) fn saw(&mut self, got: Got) {
+        match got {
+            Got::Found { live } => {
+                self.max_siblings = self.max_siblings.max(live);
+                if live > 1 {
+                    self.multi_sibling_reads += 1;
+                }
+            }
+            Got::Missing => self.not_found += 1,
+        }
     }
 
     /// Adds another client's statistics.

@@ -1,36 +1,48 @@
-//! The kvcluster load: closed-loop clients and the preload, over `kvclient`.
+//! The load itself: the clients' loop (closed or open), and the preload.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvclient::{Error, ReadOptions, ReadResult, WriteOptions};
+use kvclient::Error;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::keys::key_name;
-use super::stats::{LoadStats, error_kind};
-use super::{Shared, batch};
+use super::stats::LoadStats;
+use super::target::{Conn, Got};
+use super::{Shared, Target, batch};
 
-/// One closed-loop client: issues operations until the end of the run or the operation cap.
+/// One client: issues operations until the end of the run or the operation cap, each as soon as the
+/// previous one is answered (closed loop) or at its slot of the shared schedule (open loop, `--rate`).
+/// Latency runs from when the operation was due, so a stalled server is not hidden by sending less.
 pub(super) async fn client_loop(
     shared: Arc<Shared>,
     index: usize,
-    mut contexts: HashMap<u64, String>,
+    contexts: HashMap<u64, String>,
     seed: u64,
 ) -> Result<LoadStats, String> {
     let mut stats = LoadStats::new()?;
     let mut rng = SmallRng::seed_from_u64(seed);
     let plan = &shared.plan;
-    let mut endpoint = index % shared.clients.len();
+    let mut conn = Conn::new(&shared, index, contexts);
     loop {
-        let now = Instant::now();
-        if now >= shared.end {
+        let due = match &shared.schedule {
+            Some(schedule) => {
+                let due = schedule.next();
+                if due >= shared.end {
+                    break;
+                }
+                tokio::time::sleep_until(due).await;
+                due
+            }
+            None => Instant::now(),
+        };
+        if Instant::now() >= shared.end {
             break;
         }
-        let measuring = now >= shared.measure_start;
+        let measuring = due >= shared.measure_start;
         if measuring {
             if shared.measured_issued.fetch_add(1, Ordering::Relaxed) >= plan.max_ops {
                 break;
@@ -40,82 +52,41 @@ pub(super) async fn client_loop(
             tokio::time::sleep_until(shared.measure_start).await;
             continue;
         }
-        let client = &shared.clients[endpoint];
-        endpoint = (endpoint + 1) % shared.clients.len();
         if plan.batch > 1 {
-            batch::step(
-                &shared,
-                client,
-                &mut rng,
-                &mut contexts,
-                measuring,
-                &mut stats,
-            )
-            .await;
+            if let Some((client, contexts)) = conn.kvcluster(&shared) {
+                batch::step(
+                    &shared, client, &mut rng, contexts, due, measuring, &mut stats,
+                )
+                .await;
+            }
             continue;
         }
         let key_index = shared.chooser.next(&mut rng);
-        let key = key_name(key_index);
         let read = rng.random_bool(plan.read_ratio);
-        let started = Instant::now();
-        if read {
-            let outcome = client.get(key.as_bytes(), &ReadOptions::default()).await;
-            let elapsed = started.elapsed();
-            match outcome {
-                Ok(result) => {
-                    if measuring {
-                        stats.read.record(elapsed);
-                        match &result {
-                            ReadResult::Found { .. } => {
-                                let live = result.live().count() as u64;
-                                stats.max_siblings = stats.max_siblings.max(live);
-                                if live > 1 {
-                                    stats.multi_sibling_reads += 1;
-                                }
-                            }
-                            ReadResult::NotFound { .. } => stats.not_found += 1,
-                        }
-                    }
-                    if let Some(context) = result.context() {
-                        contexts.insert(key_index, context.to_owned());
-                    }
-                }
-                Err(e) => {
-                    remember_error_context(&mut contexts, key_index, &e);
-                    if measuring {
-                        stats.read.error(error_kind(&e));
-                    }
-                }
-            }
+        let outcome = if read {
+            conn.read(&shared, key_index).await
         } else {
-            let context = contexts.get(&key_index).map(String::as_str);
-            let outcome = client
-                .put(
-                    key.as_bytes(),
-                    shared.value.clone(),
-                    context,
-                    &WriteOptions::default(),
-                )
-                .await;
-            let elapsed = started.elapsed();
-            match outcome {
-                Ok(context) => {
-                    if measuring {
-                        stats.write.record(elapsed);
-                    }
-                    contexts.insert(key_index, context);
-                }
-                Err(e) => {
-                    remember_error_context(&mut contexts, key_index, &e);
-                    if measuring {
-                        stats.write.error(error_kind(&e));
-                    }
+            conn.write(&shared, key_index).await.map(|()| Got::Missing)
+        };
+        if !measuring {
+            continue;
+        }
+        let done = Instant::now();
+        let op = if read {
+            &mut stats.read
+        } else {
+            &mut stats.write
+        };
+        match outcome {
+            Ok(got) => {
+                op.record(done.saturating_duration_since(due));
+                if read {
+                    stats.saw(got);
                 }
             }
+            Err(kind) => op.error(kind),
         }
-        if measuring {
-            stats.last_done = Some(Instant::now());
-        }
+        stats.last_done = Some(done);
     }
     Ok(stats)
 }
@@ -142,8 +113,9 @@ pub(crate) struct PreloadReport {
     pub(super) seconds: f64,
 }
 
-/// Writes every key once, at most `plan.clients` at a time, each after a read for its context (so a
-/// rerun supersedes the old value instead of adding a sibling). Returns the report and the contexts.
+/// Writes every key once, at most `plan.clients` at a time; on kvcluster each write follows a read for
+/// its context (so a rerun supersedes the old value instead of adding a sibling). Returns the report and
+/// the contexts.
 pub(super) async fn preload(shared: &Arc<Shared>) -> (PreloadReport, HashMap<u64, String>) {
     let started = Instant::now();
     let deadline = started + shared.plan.preload_timeout;
@@ -155,38 +127,24 @@ pub(super) async fn preload(shared: &Arc<Shared>) -> (PreloadReport, HashMap<u64
         tasks.spawn(async move {
             let mut written = 0u64;
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-            let mut contexts = HashMap::new();
-            let client = &shared.clients[worker % shared.clients.len()];
+            let mut conn = Conn::new(&shared, worker, HashMap::new());
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= shared.plan.keys || Instant::now() >= deadline {
                     break;
                 }
-                let key = key_name(index);
-                let context = match client.get(key.as_bytes(), &ReadOptions::default()).await {
-                    Ok(read) => read.context().map(str::to_owned),
-                    Err(e) => {
-                        *errors.entry(error_kind(&e)).or_default() += 1;
-                        continue;
-                    }
-                };
-                match client
-                    .put(
-                        key.as_bytes(),
-                        shared.value.clone(),
-                        context.as_deref(),
-                        &WriteOptions::default(),
-                    )
-                    .await
+                if shared.plan.target == Target::Kvcluster
+                    && let Err(kind) = conn.read(&shared, index).await
                 {
-                    Ok(context) => {
-                        written += 1;
-                        contexts.insert(index, context);
-                    }
-                    Err(e) => *errors.entry(error_kind(&e)).or_default() += 1,
+                    *errors.entry(kind).or_default() += 1;
+                    continue;
+                }
+                match conn.write(&shared, index).await {
+                    Ok(()) => written += 1,
+                    Err(kind) => *errors.entry(kind).or_default() += 1,
                 }
             }
-            (written, errors, contexts)
+            (written, errors, conn.into_contexts())
         });
     }
     let mut report = PreloadReport {
@@ -213,10 +171,11 @@ pub(super) async fn preload(shared: &Arc<Shared>) -> (PreloadReport, HashMap<u64
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use super::super::stats::error_kind;
     use super::*;
 
     #[test]
-    pub(super) fn error_kinds_name_status_and_code() {
+    fn error_kinds_name_status_and_code() {
         let error = Error::Server {
             status: 503,
             body: kvapi::ErrorBody {
