@@ -11,9 +11,11 @@ set -euo pipefail
 # (tests/tests/helm_chart.rs, alerts.rs) and the real Prometheus of tests/tests/prometheus.rs;
 # mmdebstrap, umoci and skopeo build the container image without a daemon (scripts/image.sh), and runc
 # runs it in tests/tests/image.rs; containerd and containernetworking-plugins (with runc) are the node of
-# scripts/e2e/cluster.sh's single-node Kubernetes.
+# scripts/e2e/cluster.sh's single-node Kubernetes; etcd-server and redis-server are the peers `kvctl bench
+# --target etcd|redis` is tested against (client/tests/bench_peers.rs) and scripts/bench-peers.sh compares
+# kvcluster with.
 apt_packages=(libclang-dev clang g++ make pkg-config openssl unzip util-linux iproute2 iptables strace
-  prometheus mmdebstrap umoci skopeo runc containerd containernetworking-plugins)
+  prometheus mmdebstrap umoci skopeo runc containerd containernetworking-plugins etcd-server redis-server)
 
 missing=()
 for package in "${apt_packages[@]}"; do
