@@ -31,6 +31,7 @@ mod report;
 mod resp;
 mod stats;
 mod target;
+mod watch;
 mod workload;
 
 use cpu::CpuProbe;
@@ -123,6 +124,13 @@ pub(crate) struct BenchArgs {
     /// measured phase are reported, also per 1,000 operations.
     #[arg(long = "server-pid", value_name = "PID")]
     pub(crate) server_pids: Vec<u32>,
+
+    /// kvcluster: this many long-polls of the change feed of the bench keys (`GET
+    /// /v1/watch?prefix=bench-`) alongside the load, each resuming from its cursor; reports the changes
+    /// they received per second and their errors.
+    #[arg(long, env = "KVCTL_BENCH_WATCHERS", default_value_t = 0, value_name = "K",
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub(crate) watchers: u32,
 
     /// Key popularity.
     #[arg(
@@ -238,6 +246,8 @@ pub(crate) struct Plan {
     batch: u32,
     /// Open-loop rate, operations per second.
     rate: Option<f64>,
+    /// Change-feed watchers.
+    watchers: u32,
 }
 
 /// Checks the arguments and builds the plan (`default_endpoint` is the global `--endpoint`).
@@ -266,6 +276,9 @@ pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, Str
     }
     if args.batch > 1 && args.target != Target::Kvcluster {
         return Err("--batch needs --target kvcluster".to_owned());
+    }
+    if args.watchers > 0 && args.target != Target::Kvcluster {
+        return Err("--watchers needs --target kvcluster".to_owned());
     }
     let read_ratio = args.workload.map_or(args.read_ratio, Workload::read_ratio);
     if !(0.0..=1.0).contains(&read_ratio) {
@@ -300,6 +313,7 @@ pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, Str
         timeout: args.timeout,
         batch: args.batch,
         rate: args.rate,
+        watchers: args.watchers,
     })
 }
 
@@ -442,6 +456,10 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
             seed_rng.random(),
         ));
     }
+    let mut watchers = tokio::task::JoinSet::new();
+    for index in 0..plan.watchers as usize {
+        watchers.spawn(watch::watcher(Arc::clone(&shared), index));
+    }
     // The servers' CPU time at the start of the measured phase.
     let cpu_start = cpu.clone().map(|probe| {
         let at = shared.measure_start;
@@ -478,6 +496,16 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
             }
         }
     }
+    let mut watch_report = (plan.watchers > 0).then(|| watch::WatchReport {
+        watchers: plan.watchers,
+        ..Default::default()
+    });
+    while let Ok(Some(joined)) = tokio::time::timeout_at(hard_stop, watchers.join_next()).await {
+        if let (Some(total), Ok(one)) = (watch_report.as_mut(), joined) {
+            total.merge(&one);
+        }
+    }
+    watchers.abort_all();
     let elapsed = merged
         .last_done
         .map(|done| done.saturating_duration_since(shared.measure_start))
@@ -499,6 +527,14 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
     };
     let mut result = report(&plan, &merged, elapsed, preload_report);
     result.set_server_cpu(&args.server_pids, server_cpu);
+    if let Some(mut watch) = watch_report {
+        watch.changes_per_sec = if elapsed > 0.0 {
+            watch.changes as f64 / elapsed
+        } else {
+            0.0
+        };
+        result.watch = Some(watch);
+    }
     let text = if args.json {
         match serde_json::to_string_pretty(&result) {
             Ok(json) => format!("{json}\n"),

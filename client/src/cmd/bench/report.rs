@@ -9,6 +9,7 @@ use super::Target;
 use super::keys::KeyDistribution;
 use super::load::PreloadReport;
 use super::stats::{LoadStats, OpStats};
+use super::watch::WatchReport;
 
 /// One row of the result.
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +115,8 @@ pub(crate) struct BenchReport {
     pub(super) server_cpu_s: Option<f64>,
     /// Those CPU-seconds per 1,000 successful operations.
     pub(super) server_cpu_s_per_1000_ops: Option<f64>,
+    /// The change-feed watchers, when there were any.
+    pub(super) watch: Option<WatchReport>,
 }
 
 impl BenchReport {
@@ -162,6 +165,7 @@ pub(super) fn report(
         server_pids: Vec::new(),
         server_cpu_s: None,
         server_cpu_s_per_1000_ops: None,
+        watch: None,
     }
 }
 
@@ -240,6 +244,19 @@ pub(crate) fn format_report(report: &BenchReport) -> String {
             }
         ));
     }
+    if let Some(watch) = &report.watch {
+        out.push_str(&format!(
+            "watch: {} watcher(s), {} feed answers, {} changes ({:.1}/s), {} error(s)\n",
+            watch.watchers,
+            watch.calls,
+            watch.changes,
+            watch.changes_per_sec,
+            watch.errors.values().sum::<u64>()
+        ));
+        for (kind, count) in &watch.errors {
+            out.push_str(&format!("watch errors {kind}: {count}\n"));
+        }
+    }
     let reads = report.operations.first().map_or(0, |r| r.ops);
     if report.target == Target::Kvcluster {
         out.push_str(&format!(
@@ -291,6 +308,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             batch: 1,
             rate: None,
+            watchers: 0,
         }
     }
 
@@ -342,6 +360,40 @@ mod tests {
         assert_eq!(json["operations"][0]["operation"], "read");
         assert_eq!(json["distribution"], "zipfian");
         assert_eq!(json["max_siblings"], 2);
+    }
+
+    #[test]
+    fn server_cpu_and_watchers_are_reported() {
+        let mut stats = LoadStats::new().unwrap();
+        stats.write = stats_with(&[1000; 500], &[]);
+        let mut result = report(&sample_plan(), &stats, 1.0, None);
+        result.set_server_cpu(&[7, 8], Some(0.25));
+        assert_eq!(result.server_cpu_s_per_1000_ops, Some(0.5));
+        result.watch = Some(WatchReport {
+            watchers: 2,
+            calls: 10,
+            changes: 40,
+            changes_per_sec: 40.0,
+            errors: BTreeMap::from([("410 cursor_gone".to_owned(), 1)]),
+        });
+        let text = format_report(&result);
+        assert!(
+            text.contains("server CPU: 0.250 s over 2 process(es), 0.500 CPU-s per 1,000 ops\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "watch: 2 watcher(s), 10 feed answers, 40 changes (40.0/s), 1 error(s)\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["server_cpu_s_per_1000_ops"], 0.5);
+        assert_eq!(json["watch"]["changes"], 40);
+        // No successful operation: no per-1,000 figure rather than a division by zero.
+        let mut empty = report(&sample_plan(), &LoadStats::new().unwrap(), 1.0, None);
+        empty.set_server_cpu(&[7], Some(0.25));
+        assert_eq!(empty.server_cpu_s_per_1000_ops, None);
     }
 
     #[test]
