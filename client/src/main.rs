@@ -471,6 +471,47 @@ mod tests {
         }
         let args = bench(&["--endpoints", "ftp://x:1"]).unwrap();
         assert!(cmd::bench::plan(&args, "unused").is_err());
+
+        // Peer targets: their own endpoint syntax, no default endpoint, no kvcluster-only options.
+        let args = bench(&["--target", "redis", "--endpoints", "127.0.0.1:6379"]).unwrap();
+        assert!(cmd::bench::plan(&args, "unused").is_ok());
+        for bad in [
+            &["--target", "redis"][..],
+            &["--target", "redis", "--endpoints", "http://127.0.0.1:6379"],
+            &["--target", "etcd", "--endpoints", "https://127.0.0.1:2379"],
+            &[
+                "--target",
+                "etcd",
+                "--endpoints",
+                "127.0.0.1:2379",
+                "--batch",
+                "10",
+            ],
+            &["--target", "redis", "--endpoints", "h:1", "--watchers", "2"],
+        ] {
+            let args = bench(bad).unwrap();
+            assert!(
+                cmd::bench::plan(&args, "unused").is_err(),
+                "{bad:?} planned"
+            );
+        }
+        for bad in [
+            &["--workload", "a", "--read-ratio", "0.3"][..],
+            &["--workload", "d"],
+            &["--rate", "0"],
+            &["--rate", "-5"],
+            &["--rate", "1e9"],
+            &["--target", "mongodb"],
+            &["--watchers", "5000"],
+            &["--server-pid", "me"],
+        ] {
+            assert!(bench(bad).is_err(), "{bad:?} accepted");
+        }
+        let args = bench(&["--workload", "write", "--rate", "250.5"]).unwrap();
+        assert_eq!(args.rate, Some(250.5));
+        assert!(
+            format!("{:?}", cmd::bench::plan(&args, "h:1").unwrap()).contains("read_ratio: 0.0")
+        );
     }
 
     #[test]

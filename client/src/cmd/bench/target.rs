@@ -93,7 +93,9 @@ pub(super) fn redis_address(endpoint: &str) -> Result<String, String> {
         .unwrap_or(endpoint)
         .trim_end_matches('/');
     match address.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+        Some((host, port))
+            if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+        {
             Ok(address.to_owned())
         }
         _ => Err(format!(
@@ -343,6 +345,7 @@ mod tests {
         assert!(redis_address("127.0.0.1").is_err());
         assert!(redis_address(":6379").is_err());
         assert!(redis_address("h:port").is_err());
+        assert!(redis_address("http://127.0.0.1:6379").is_err());
         assert_eq!(
             http_base("127.0.0.1:2379").unwrap(),
             "http://127.0.0.1:2379"
