@@ -113,8 +113,8 @@ pub(crate) struct PreloadReport {
     pub(super) seconds: f64,
 }
 
-/// Writes every key once, at most `plan.clients` at a time; on kvcluster each write follows a read for
-/// its context (so a rerun supersedes the old value instead of adding a sibling). Returns the report and
+/// Writes every key once, at most `plan.clients` at a time; on kvcluster and Garage each write follows a
+/// read for its context or causality token (so a rerun supersedes the old value instead of adding a sibling). Returns the report and
 /// the contexts.
 pub(super) async fn preload(shared: &Arc<Shared>) -> (PreloadReport, HashMap<u64, String>) {
     let started = Instant::now();
@@ -133,7 +133,7 @@ pub(super) async fn preload(shared: &Arc<Shared>) -> (PreloadReport, HashMap<u64
                 if index >= shared.plan.keys || Instant::now() >= deadline {
                     break;
                 }
-                if shared.plan.target == Target::Kvcluster
+                if matches!(shared.plan.target, Target::Kvcluster | Target::Garage)
                     && let Err(kind) = conn.read(&shared, index).await
                 {
                     *errors.entry(kind).or_default() += 1;

@@ -25,10 +25,12 @@ use tokio::time::Instant;
 mod batch;
 mod cpu;
 mod etcd;
+mod garage;
 mod keys;
 mod load;
 mod report;
 mod resp;
+mod sigv4;
 mod stats;
 mod target;
 mod watch;
@@ -66,8 +68,8 @@ pub(crate) struct BenchArgs {
     pub(crate) target: Target,
 
     /// Endpoints to spread the requests over, comma-separated: kvcluster nodes (the global --endpoint
-    /// when absent), etcd members (`http://host:2379`) or Redis servers (`host:6379`; each client keeps
-    /// one connection to one of them).
+    /// when absent), etcd members (`http://host:2379`), Redis servers (`host:6379`; each client keeps
+    /// one connection to one of them) or Garage nodes' K2V API (`http://host:3904`).
     #[arg(
         long,
         env = "KVCTL_BENCH_ENDPOINTS",
@@ -75,6 +77,23 @@ pub(crate) struct BenchArgs {
         value_delimiter = ','
     )]
     pub(crate) endpoints: Vec<String>,
+
+    /// Garage: the bucket of the K2V items.
+    #[arg(long, env = "KVCTL_BENCH_K2V_BUCKET", value_name = "BUCKET")]
+    pub(crate) k2v_bucket: Option<String>,
+
+    /// Garage: the access key id the K2V requests are signed with.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", value_name = "ID")]
+    pub(crate) access_key: Option<String>,
+
+    /// Garage: the secret key of --access-key (better given in the environment).
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub(crate) secret_key: Option<String>,
 
     /// Concurrent clients, each with one request in flight.
     #[arg(long, env = "KVCTL_BENCH_CLIENTS", default_value_t = 16, value_name = "COUNT",
@@ -270,12 +289,31 @@ pub(crate) fn plan(args: &BenchArgs, default_endpoint: &str) -> Result<Plan, Str
             Target::Kvcluster => {
                 kvclient::normalise_endpoint(&endpoint).map_err(|e| e.to_string())?
             }
-            Target::Etcd => target::http_base(&endpoint)?,
+            Target::Etcd | Target::Garage => target::http_base(&endpoint)?,
             Target::Redis => target::redis_address(&endpoint)?,
         });
     }
     if args.batch > 1 && args.target != Target::Kvcluster {
         return Err("--batch needs --target kvcluster".to_owned());
+    }
+    if args.target == Target::Garage {
+        let bucket_ok = args.k2v_bucket.as_deref().is_some_and(|b| {
+            !b.is_empty()
+                && b.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        });
+        if !bucket_ok {
+            return Err(
+                "--target garage needs --k2v-bucket (lowercase letters, digits, '-', '.')"
+                    .to_owned(),
+            );
+        }
+        if args.access_key.is_none() || args.secret_key.is_none() {
+            return Err(
+                "--target garage needs --access-key and --secret-key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                    .to_owned(),
+            );
+        }
     }
     if args.watchers > 0 && args.target != Target::Kvcluster {
         return Err("--watchers needs --target kvcluster".to_owned());
@@ -381,6 +419,21 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
             }
         },
         Target::Redis => Backend::Redis(plan.endpoints.clone()),
+        Target::Garage => match target::plain_http(plan.timeout) {
+            Ok(http) => Backend::Garage(garage::K2v {
+                http,
+                bases: plan.endpoints.clone(),
+                bucket: args.k2v_bucket.clone().unwrap_or_default(),
+                credentials: sigv4::Credentials {
+                    access_key: args.access_key.clone().unwrap_or_default(),
+                    secret_key: args.secret_key.clone().unwrap_or_default(),
+                },
+            }),
+            Err(e) => {
+                stderr_line(&format!("error: {e}"));
+                return ExitCode::from(EXIT_REFUSED);
+            }
+        },
     };
     let cpu = if args.server_pids.is_empty() {
         None

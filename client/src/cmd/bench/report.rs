@@ -177,6 +177,7 @@ pub(crate) fn format_report(report: &BenchReport) -> String {
             Target::Kvcluster => "kvcluster",
             Target::Etcd => "etcd",
             Target::Redis => "redis",
+            Target::Garage => "garage",
         },
         report.clients,
         match report.rate {

@@ -9,6 +9,7 @@ use kvclient::{Client, ReadOptions, ReadResult, WriteOptions};
 use serde::Serialize;
 
 use super::Shared;
+use super::garage::{self, K2v};
 use super::keys::key_name;
 use super::load::remember_error_context;
 use super::resp::{Connection, Reply};
@@ -25,6 +26,8 @@ pub(crate) enum Target {
     Etcd,
     /// Redis servers (RESP `SET`/`GET`, one connection per client).
     Redis,
+    /// Garage nodes through the K2V API (SigV4-signed `InsertItem`/`ReadItem`).
+    Garage,
 }
 
 /// What a successful read found.
@@ -55,6 +58,8 @@ pub(super) enum Backend {
     },
     /// `host:port` of each server.
     Redis(Vec<String>),
+    /// The K2V client state.
+    Garage(K2v),
 }
 
 /// The error kind of an HTTP call that got no (complete) answer.
@@ -134,6 +139,13 @@ pub(super) enum Conn {
         /// Index of the next member.
         next: usize,
     },
+    /// Garage: the next node and the causality token last seen per key.
+    Garage {
+        /// Index of the next node.
+        next: usize,
+        /// Causality token per key index.
+        tokens: HashMap<u64, String>,
+    },
     /// Redis: the server of this client and its connection, opened on first use and again after an error.
     Redis {
         /// `host:port`.
@@ -153,6 +165,10 @@ impl Conn {
             },
             Backend::Etcd { bases, .. } => Conn::Etcd {
                 next: index % bases.len(),
+            },
+            Backend::Garage(k2v) => Conn::Garage {
+                next: index % k2v.bases.len(),
+                tokens: HashMap::new(),
             },
             Backend::Redis(addresses) => Conn::Redis {
                 address: addresses[index % addresses.len()].clone(),
@@ -212,6 +228,11 @@ impl Conn {
                 *next = (*next + 1) % bases.len();
                 etcd::get(http, base, &key).await
             }
+            (Conn::Garage { next, tokens }, Backend::Garage(k2v)) => {
+                let base = &k2v.bases[*next];
+                *next = (*next + 1) % k2v.bases.len();
+                garage::get(k2v, base, &key, index, tokens).await
+            }
             (
                 Conn::Redis {
                     address,
@@ -263,6 +284,12 @@ impl Conn {
                 let base = &bases[*next];
                 *next = (*next + 1) % bases.len();
                 etcd::put(http, base, &key, value_b64).await
+            }
+            (Conn::Garage { next, tokens }, Backend::Garage(k2v)) => {
+                let base = &k2v.bases[*next];
+                *next = (*next + 1) % k2v.bases.len();
+                let token = tokens.get(&index).map(String::as_str);
+                garage::put(k2v, base, &key, shared.value.clone(), token).await
             }
             (
                 Conn::Redis {
