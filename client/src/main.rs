@@ -140,12 +140,14 @@ enum Command {
     /// size, through the replicas' causal merge (restoring twice changes nothing).
     #[command(subcommand)]
     Backup(cmd::backup::BackupCommand),
-    /// Run a closed-loop benchmark
+    /// Run a benchmark against kvcluster, etcd, Redis or Garage K2V
     ///
     /// --clients tasks each keep one request in flight, round-robin over --endpoints, for --duration (after
-    /// --warmup) or --max-ops operations. Writes carry the context of the client's last read or write of the
-    /// key. Prints per-operation throughput and latency percentiles (HdrHistogram), errors by kind and sibling
-    /// statistics; errors are not counted as latencies.
+    /// --warmup) or --max-ops operations: as fast as answers come (closed loop) or at --rate operations per
+    /// second (open loop, latency from when each was due). Writes carry the context (Garage: causality
+    /// token) of the client's last read or write of the key. Prints per-operation throughput and latency
+    /// percentiles (HdrHistogram), errors by kind, sibling statistics and, with --server-pid, the servers'
+    /// CPU-seconds per 1,000 operations; errors are not counted as latencies.
     Bench(cmd::bench::BenchArgs),
     /// Check that the cluster works: write a fresh key, read it back, delete it
     ///
