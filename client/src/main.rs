@@ -509,6 +509,36 @@ mod tests {
         ] {
             assert!(bench(bad).is_err(), "{bad:?} accepted");
         }
+        let args = bench(&["--target", "garage", "--endpoints", "127.0.0.1:3904"]).unwrap();
+        assert!(
+            cmd::bench::plan(&args, "unused").is_err(),
+            "no bucket, no key"
+        );
+        let args = bench(&[
+            "--target",
+            "garage",
+            "--endpoints",
+            "127.0.0.1:3904",
+            "--k2v-bucket",
+            "bench",
+            "--access-key",
+            "GK1",
+            "--secret-key",
+            "s3cret",
+        ])
+        .unwrap();
+        assert!(cmd::bench::plan(&args, "unused").is_ok());
+        assert!(!format!("{args:?}").contains("s3cret"));
+        let args = bench(&[
+            "--target",
+            "garage",
+            "--endpoints",
+            "h:1",
+            "--k2v-bucket",
+            "Bad/Name",
+        ])
+        .unwrap();
+        assert!(cmd::bench::plan(&args, "unused").is_err());
         let args = bench(&["--workload", "write", "--rate", "250.5"]).unwrap();
         assert_eq!(args.rate, Some(250.5));
         assert!(

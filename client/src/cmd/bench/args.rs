@@ -55,7 +55,7 @@ pub(crate) struct BenchArgs {
         value_name = "SECRET",
         hide_env_values = true
     )]
-    pub(crate) secret_key: Option<String>,
+    pub(crate) secret_key: Option<SecretText>,
 
     /// Concurrent clients, each with one request in flight.
     #[arg(long, env = "KVCTL_BENCH_CLIENTS", default_value_t = 16, value_name = "COUNT",
@@ -151,6 +151,24 @@ pub(crate) struct BenchArgs {
     /// Print the result as JSON on stdout instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// A secret given on the command line or in the environment, never shown by `Debug`.
+#[derive(Clone)]
+pub(crate) struct SecretText(pub(super) String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+impl std::str::FromStr for SecretText {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<SecretText, Self::Err> {
+        Ok(SecretText(text.to_owned()))
+    }
 }
 
 /// Parses a humantime duration (`0s` allowed).

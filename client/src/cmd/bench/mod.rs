@@ -242,7 +242,7 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
                 bucket: args.k2v_bucket.clone().unwrap_or_default(),
                 credentials: sigv4::Credentials {
                     access_key: args.access_key.clone().unwrap_or_default(),
-                    secret_key: args.secret_key.clone().unwrap_or_default(),
+                    secret_key: args.secret_key.clone().map(|s| s.0).unwrap_or_default(),
                 },
             }),
             Err(e) => {
