@@ -158,6 +158,38 @@ fn bench_drives_a_real_redis_server() {
     // Every preloaded key is there, with the value's size.
     let dbsize = exchange(port, b"*1\r\n$6\r\nDBSIZE\r\n").unwrap();
     assert_eq!(dbsize, format!(":{KEYS}\r\n").as_bytes());
+    // Open loop: the schedule, not the server's speed, sets the number of operations (200/s for 1 s).
+    let output = Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .args([
+            "bench",
+            "--target",
+            "redis",
+            "--endpoints",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "--duration",
+            "1s",
+            "--rate",
+            "200",
+            "--workload",
+            "write",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let open: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ops = open["operations"][1]["ops"].as_u64().unwrap();
+    assert!(
+        (150..=200).contains(&ops),
+        "{ops} writes at 200/s for 1 s: {open}"
+    );
+    assert_eq!(open["rate"], 200.0);
     let value = exchange(port, b"*2\r\n$3\r\nGET\r\n$12\r\nbench-000000\r\n").unwrap();
     assert!(
         value.starts_with(b"$100\r\n"),
