@@ -381,17 +381,19 @@ pub(crate) async fn run(default_endpoint: &str, access: &Access, args: BenchArgs
         .unwrap_or(plan.duration)
         .as_secs_f64();
     let server_cpu = match (cpu, cpu_start) {
-        (Some(probe), Some(start)) => match (start.await, probe.seconds()) {
-            (Ok(Ok(before)), Ok(after)) => Some(after - before),
-            (Ok(Err(e)), _) | (_, Err(e)) => {
-                stderr_line(&format!("warning: server CPU not measured: {e}"));
-                None
+        (Some(probe), Some(start)) => {
+            let before = start
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|reading| reading);
+            match before.and_then(|before| Ok(probe.seconds()? - before)) {
+                Ok(seconds) => Some(seconds),
+                Err(e) => {
+                    stderr_line(&format!("warning: server CPU not measured: {e}"));
+                    None
+                }
             }
-            (Err(e), _) => {
-                stderr_line(&format!("warning: server CPU not measured: {e}"));
-                None
-            }
-        },
+        }
         _ => None,
     };
     let mut result = report(&plan, &merged, elapsed, preload_report);
