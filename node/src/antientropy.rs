@@ -22,8 +22,9 @@ use crate::error::Error;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
-use crate::rpc::{RequestBody, ResponseBody, RpcClient};
+use crate::rpc::{RequestBody, ResponseBody};
 use crate::supervisor::Stop;
+use crate::transport::Peers;
 
 /// Byte budget of one page of records exchanged.
 pub const PAGE_BYTES: u64 = 1024 * 1024;
@@ -60,7 +61,7 @@ pub struct Exchange {
 pub struct AntiEntropy {
     membership: Arc<Membership>,
     replica: Arc<Replica>,
-    rpc: Arc<RpcClient>,
+    rpc: Arc<dyn Peers>,
     metrics: Arc<Metrics>,
     settings: Settings,
 }
@@ -70,7 +71,7 @@ impl AntiEntropy {
     pub fn new(
         membership: Arc<Membership>,
         replica: Arc<Replica>,
-        rpc: Arc<RpcClient>,
+        rpc: Arc<dyn Peers>,
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Self> {

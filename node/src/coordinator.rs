@@ -26,8 +26,9 @@ use crate::membership::{Membership, View};
 use crate::metrics::{Metrics, Operation};
 use crate::replica::{Mutation, Replica};
 use crate::ring::partition_of;
-use crate::rpc::{RequestBody, ResponseBody, RpcClient, remaining};
+use crate::rpc::{RequestBody, ResponseBody, remaining};
 use crate::storage::hints::Hint;
+use crate::transport::Peers;
 
 /// Time reserved at the end of a deadline to answer 503 with the replies counted, before the
 /// request's own 504 fires.
@@ -37,7 +38,7 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 pub struct Coordinator {
     membership: Arc<Membership>,
     replica: Arc<Replica>,
-    rpc: Arc<RpcClient>,
+    rpc: Arc<dyn Peers>,
     handoff: Arc<Handoff>,
     metrics: Arc<Metrics>,
 }
@@ -95,7 +96,7 @@ impl Coordinator {
     pub fn new(
         membership: Arc<Membership>,
         replica: Arc<Replica>,
-        rpc: Arc<RpcClient>,
+        rpc: Arc<dyn Peers>,
         handoff: Arc<Handoff>,
         metrics: Arc<Metrics>,
     ) -> Self {

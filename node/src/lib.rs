@@ -16,6 +16,7 @@ pub mod handoff;
 pub mod http;
 pub mod membership;
 pub mod metrics;
+pub mod offload;
 pub mod open_files;
 pub mod replica;
 pub mod ring;
@@ -23,6 +24,7 @@ pub mod rpc;
 pub mod storage;
 pub mod supervisor;
 pub mod tls;
+pub mod transport;
 pub mod watch;
 
 use std::future::Future;
@@ -41,22 +43,44 @@ use crate::handoff::transfer::Transfers;
 use crate::http::{ConnectionLimits, Node};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
+use crate::offload::Offload;
 use crate::replica::Replica;
 use crate::rpc::RpcClient;
 use crate::storage::{Durability, Storage};
 use crate::supervisor::{Stop, Supervisor};
 use crate::tls::{ClientPortFiles, PeerFiles, Reloading, ServerTls};
+use crate::transport::Peers;
 
 /// First wait before a background task that panicked is started again (it doubles per restart).
 const RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Opens storage, binds the client and peer listeners, prints `kvnode peer port on ADDR` and then
-/// `kvnode listening on http://ADDR` (`https://` with client TLS) on stdout and serves until
-/// `shutdown` resolves; then drains connections and syncs the write-ahead log.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    // The object-store client's TLS (backups to https targets) uses the process default provider.
-    kvbackup::install_crypto_provider();
-    let auth = Arc::new(http::auth::Authorizer::load(&config)?);
+/// A node built but not serving: the request handlers' state and the started background tasks.
+pub struct Assembled {
+    /// What the client and peer handlers use.
+    pub node: Arc<Node>,
+    /// The node's background tasks (pings, hand-off, anti-entropy, transfers, WAL sync).
+    pub background: Supervisor,
+}
+
+/// Makes the peer transport of a node from its membership, metrics and the peer message limit.
+pub type PeersFactory<'a> =
+    Box<dyn FnOnce(Arc<Membership>, Arc<Metrics>, usize) -> Result<Arc<dyn Peers>, Error> + 'a>;
+
+/// What a node is built with besides its config: its address as a member, its peer transport
+/// and where its blocking work runs.
+pub struct Wiring<'a> {
+    /// This node as the cluster config names it.
+    pub member: kvapi::Member,
+    /// The peer transport.
+    pub peers: PeersFactory<'a>,
+    /// Where storage and membership run blocking work.
+    pub offload: Offload,
+}
+
+/// Opens storage and membership and starts the background tasks of a node: everything but the
+/// listeners, so a simulator can build nodes over an in-process network.
+pub fn assemble(config: &NodeConfig, wiring: Wiring<'_>) -> Result<Assembled, Error> {
+    let auth = Arc::new(http::auth::Authorizer::load(config)?);
     let metrics = Arc::new(Metrics::new());
     let max_value_bytes = usize::try_from(config.max_value_bytes.as_u64()).unwrap_or(usize::MAX);
     let max_record_bytes =
@@ -76,27 +100,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         None => ContextKeys::new(&[&storage.local_secret("context_key")?], KeySource::Local)
             .map_err(Error::Internal)?,
     });
-    let replica = Arc::new(Replica::new(
-        storage,
-        &config.node_id,
-        usize::from(config.max_siblings),
-        contexts.clone(),
-        metrics.clone(),
-    ));
-    let listener = bind(config.listen).await?;
-    let peer_listener = bind(config.peer_listen).await?;
-    let address = local_address(&listener)?;
-    let peer_address = local_address(&peer_listener)?;
-    let membership = Arc::new(Membership::load(
-        kvapi::Member {
-            id: config.node_id.clone(),
-            address: address.to_string(),
-            peer_address: peer_address.to_string(),
-        },
-        &config.data_dir,
-        config.cluster_config.as_deref(),
-        config.partitions,
-    )?);
+    let replica = Arc::new(
+        Replica::new(
+            storage,
+            &config.node_id,
+            usize::from(config.max_siblings),
+            contexts.clone(),
+            metrics.clone(),
+        )
+        .with_offload(wiring.offload),
+    );
+    let membership = Arc::new(
+        Membership::load(
+            wiring.member,
+            &config.data_dir,
+            config.cluster_config.as_deref(),
+            config.partitions,
+        )?
+        .with_offload(wiring.offload),
+    );
     contexts.check_cluster(&membership.view().config)?;
     membership.on_gain({
         let replica = replica.clone();
@@ -109,29 +131,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             Ok(())
         })
     });
-    if let Some(source) = config.peer_source_address {
-        // An address this host does not have would make every peer look unreachable: refuse it.
-        std::net::TcpListener::bind((source, 0)).map_err(|e| {
-            Error::Unavailable(format!(
-                "--peer-source-address {source} is not usable here: {e}"
-            ))
-        })?;
-    }
-    let peer_tls = match config.peer_tls().map_err(Error::BadConfig)? {
-        Some(files) => Some(Reloading::open(files.paths(), PeerFiles::build)?),
-        None => None,
-    };
-    let client_tls = match config.client_tls().map_err(Error::BadConfig)? {
-        Some(files) => Some(Reloading::open(files.paths(), ClientPortFiles::build)?),
-        None => None,
-    };
-    let rpc = RpcClient::new(
-        membership.clone(),
-        metrics.clone(),
-        config.peer_source_address,
-        max_peer_message_bytes,
-        peer_tls.clone(),
-    )?;
+    let rpc = (wiring.peers)(membership.clone(), metrics.clone(), max_peer_message_bytes)?;
     let handoff = Handoff::new(
         membership.clone(),
         replica.clone(),
@@ -164,7 +164,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         metrics.clone(),
     );
     let mut background = Supervisor::new(metrics.clone(), RESTART_BACKOFF);
-    background.spawn_method("peer_pings", rpc.clone(), RpcClient::ping_peers);
+    {
+        let (rpc, membership) = (rpc.clone(), membership.clone());
+        background.spawn("peer_pings", move |stop| {
+            transport::ping_peers(rpc.clone(), membership.clone(), stop)
+        });
+    }
     background.spawn_method("hint_delivery", handoff.clone(), Handoff::deliver_forever);
     background.spawn_method("anti_entropy", antientropy.clone(), AntiEntropy::run);
     background.spawn_method("transfers", transfers.clone(), Transfers::run);
@@ -174,12 +179,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             auth.clone(),
             http::auth::Authorizer::reload_forever,
         );
-    }
-    if let Some(files) = peer_tls.clone() {
-        background.spawn_method("peer_tls_reload", files, Reloading::watch);
-    }
-    if let Some(files) = client_tls.clone() {
-        background.spawn_method("client_tls_reload", files, Reloading::watch);
     }
     let backups = Arc::new(backup::Backups::new(
         backup::Settings {
@@ -221,10 +220,64 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         ready: AtomicBool::new(false),
     });
     if config.durability == Durability::Periodic {
-        let (replica, interval) = (replica.clone(), *config.wal_sync_interval);
+        let (replica, interval) = (replica, *config.wal_sync_interval);
         background.spawn("wal_sync", move |stop| {
             sync_wal_periodically(replica.clone(), interval, stop)
         });
+    }
+    Ok(Assembled { node, background })
+}
+
+/// Opens storage, binds the client and peer listeners, prints `kvnode peer port on ADDR` and then
+/// `kvnode listening on http://ADDR` (`https://` with client TLS) on stdout and serves until
+/// `shutdown` resolves; then drains connections and syncs the write-ahead log.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    // The object-store client's TLS (backups to https targets) uses the process default provider.
+    kvbackup::install_crypto_provider();
+    let listener = bind(config.listen).await?;
+    let peer_listener = bind(config.peer_listen).await?;
+    let address = local_address(&listener)?;
+    let peer_address = local_address(&peer_listener)?;
+    if let Some(source) = config.peer_source_address {
+        // An address this host does not have would make every peer look unreachable: refuse it.
+        std::net::TcpListener::bind((source, 0)).map_err(|e| {
+            Error::Unavailable(format!(
+                "--peer-source-address {source} is not usable here: {e}"
+            ))
+        })?;
+    }
+    let peer_tls = match config.peer_tls().map_err(Error::BadConfig)? {
+        Some(files) => Some(Reloading::open(files.paths(), PeerFiles::build)?),
+        None => None,
+    };
+    let client_tls = match config.client_tls().map_err(Error::BadConfig)? {
+        Some(files) => Some(Reloading::open(files.paths(), ClientPortFiles::build)?),
+        None => None,
+    };
+    let source = config.peer_source_address;
+    let tls = peer_tls.clone();
+    let wiring = Wiring {
+        member: kvapi::Member {
+            id: config.node_id.clone(),
+            address: address.to_string(),
+            peer_address: peer_address.to_string(),
+        },
+        peers: Box::new(move |membership, metrics, max_bytes| {
+            let client: Arc<dyn Peers> =
+                RpcClient::new(membership, metrics, source, max_bytes, tls)?;
+            Ok(client)
+        }),
+        offload: Offload::Pool,
+    };
+    let Assembled {
+        node,
+        mut background,
+    } = assemble(&config, wiring)?;
+    if let Some(files) = peer_tls.clone() {
+        background.spawn_method("peer_tls_reload", files, Reloading::watch);
+    }
+    if let Some(files) = client_tls.clone() {
+        background.spawn_method("client_tls_reload", files, Reloading::watch);
     }
     node.ready.store(true, Ordering::Release);
     tracing::info!(node_id = %config.node_id, %address, %peer_address, "serving");
@@ -274,7 +327,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     };
     tokio::join!(client_port, peer_port, signal);
     background.shutdown(*config.shutdown_grace).await;
-    replica.sync_wal().await
+    node.replica.sync_wal().await
 }
 
 async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, Error> {

@@ -9,12 +9,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvapi::{ClusterConfig, Member, PeerStatus, PriorRing};
 use parking_lot::{Mutex, RwLock};
+use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::offload::Offload;
 use crate::ring::{DEFAULT_VNODES, Ring};
 
 /// File in the data directory holding the config the node follows.
@@ -139,6 +141,8 @@ pub struct Membership {
     installing: Mutex<()>,
     /// Called with the partitions this node starts to hold, before a config giving them is in force.
     on_gain: OnceLock<GainHook>,
+    /// Where installs run their blocking work.
+    offload: Offload,
 }
 
 /// What [`Membership::on_gain`] calls: drop any stale local copy of the partitions gained.
@@ -191,7 +195,14 @@ impl Membership {
             liveness: Mutex::new(HashMap::new()),
             installing: Mutex::new(()),
             on_gain: OnceLock::new(),
+            offload: Offload::Pool,
         })
+    }
+
+    /// This membership with its installs run as `offload` says.
+    pub fn with_offload(mut self, offload: Offload) -> Self {
+        self.offload = offload;
+        self
     }
 
     /// This node's id.
@@ -256,7 +267,7 @@ impl Membership {
         next: ClusterConfig,
     ) -> Result<bool, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.install(next)).await?
+        this.offload.run(move || this.install(next)).await
     }
 
     /// [`Membership::propose`] on the blocking pool, for the same reason as
@@ -266,7 +277,7 @@ impl Membership {
         next: ClusterConfig,
     ) -> Result<bool, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.propose(next)).await?
+        this.offload.run(move || this.propose(next)).await
     }
 
     /// Sets the hook called with the partitions an install makes this node hold (once).

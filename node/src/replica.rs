@@ -17,6 +17,7 @@ use crate::causality::{Actor, MAX_ACTORS, SiblingSet, VersionVector};
 use crate::context_token::ContextKeys;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::offload::Offload;
 use crate::storage::Storage;
 use crate::watch::{ChangeLog, DEFAULT_LOG_ENTRIES};
 
@@ -62,6 +63,7 @@ pub struct Replica {
     stripes: Vec<Mutex<()>>,
     metrics: Arc<Metrics>,
     changes: ChangeLog,
+    offload: Offload,
 }
 
 impl Replica {
@@ -84,7 +86,14 @@ impl Replica {
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             metrics,
             changes: ChangeLog::new(DEFAULT_LOG_ENTRIES),
+            offload: Offload::Pool,
         }
+    }
+
+    /// This replica with its storage work run as `offload` says.
+    pub fn with_offload(mut self, offload: Offload) -> Self {
+        self.offload = offload;
+        self
     }
 
     /// The local state of `key` in `partition` (empty when never written), counting one cache hit
@@ -100,11 +109,12 @@ impl Replica {
         }
         self.metrics.cache_misses.inc();
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _guard = this.stripe(&key).lock();
-            this.storage.load(partition, &key)
-        })
-        .await?
+        this.offload
+            .run(move || {
+                let _guard = this.stripe(&key).lock();
+                this.storage.load(partition, &key)
+            })
+            .await
     }
 
     /// Coordinates a client write that has seen `context`, and returns the key's new state. An
@@ -121,15 +131,16 @@ impl Replica {
             return done;
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _guard = this.stripe(&key).lock();
-            let current = this.storage.load(partition, &key)?;
-            let next = this.apply_write(&key, &current, &context, mutation)?;
-            this.storage.store(partition, &key, next.clone())?;
-            this.changes.record(&key);
-            Ok(next)
-        })
-        .await?
+        this.offload
+            .run(move || {
+                let _guard = this.stripe(&key).lock();
+                let current = this.storage.load(partition, &key)?;
+                let next = this.apply_write(&key, &current, &context, mutation)?;
+                this.storage.store(partition, &key, next.clone())?;
+                this.changes.record(&key);
+                Ok(next)
+            })
+            .await
     }
 
     /// The fast path of [`Replica::write`], on the async thread: taken when the key's lock is free,
@@ -203,17 +214,18 @@ impl Replica {
             return done;
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _guard = this.stripe(&key).lock();
-            let current = this.storage.load(partition, &key)?;
-            let Some(merged) = this.apply_merge(&current, &remote)? else {
-                return Ok(current);
-            };
-            this.storage.store(partition, &key, merged.clone())?;
-            this.changes.record(&key);
-            Ok(merged)
-        })
-        .await?
+        this.offload
+            .run(move || {
+                let _guard = this.stripe(&key).lock();
+                let current = this.storage.load(partition, &key)?;
+                let Some(merged) = this.apply_merge(&current, &remote)? else {
+                    return Ok(current);
+                };
+                this.storage.store(partition, &key, merged.clone())?;
+                this.changes.record(&key);
+                Ok(merged)
+            })
+            .await
     }
 
     /// The fast path of [`Replica::merge`], taken as [`Replica::write_now`]'s is.
@@ -264,27 +276,28 @@ impl Replica {
         records: Vec<(Vec<u8>, SiblingSet)>,
     ) -> Result<u64, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut changed = 0;
-            for (key, remote) in records {
-                let _guard = this.stripe(&key).lock();
-                let current = this.storage.load(partition, &key)?;
-                let merged = match this.apply_merge(&current, &remote) {
-                    Ok(Some(merged)) => merged,
-                    Ok(None) => continue,
-                    // One oversized key must not stall the rest of the batch; it stays as it is here.
-                    Err(e) => {
-                        tracing::warn!(partition, error = %e, "merge of one key refused");
-                        continue;
-                    }
-                };
-                this.storage.store(partition, &key, merged)?;
-                this.changes.record(&key);
-                changed += 1;
-            }
-            Ok(changed)
-        })
-        .await?
+        this.offload
+            .run(move || {
+                let mut changed = 0;
+                for (key, remote) in records {
+                    let _guard = this.stripe(&key).lock();
+                    let current = this.storage.load(partition, &key)?;
+                    let merged = match this.apply_merge(&current, &remote) {
+                        Ok(Some(merged)) => merged,
+                        Ok(None) => continue,
+                        // One oversized key must not stall the rest of the batch; it stays as it is here.
+                        Err(e) => {
+                            tracing::warn!(partition, error = %e, "merge of one key refused");
+                            continue;
+                        }
+                    };
+                    this.storage.store(partition, &key, merged)?;
+                    this.changes.record(&key);
+                    changed += 1;
+                }
+                Ok(changed)
+            })
+            .await
     }
 
     /// Deletes the keys of `partition` whose state is still exactly the dead siblings (tombstones
@@ -297,19 +310,20 @@ impl Replica {
         keys: Vec<(Vec<u8>, VersionVector)>,
     ) -> Result<u64, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut purged = 0;
-            for (key, context) in keys {
-                let _guard = this.stripe(&key).lock();
-                let current = this.storage.load(partition, &key)?;
-                if current.all_dead_at(now_ms()) && *current.context() == context {
-                    this.storage.remove(partition, &key)?;
-                    purged += 1;
+        this.offload
+            .run(move || {
+                let mut purged = 0;
+                for (key, context) in keys {
+                    let _guard = this.stripe(&key).lock();
+                    let current = this.storage.load(partition, &key)?;
+                    if current.all_dead_at(now_ms()) && *current.context() == context {
+                        this.storage.remove(partition, &key)?;
+                        purged += 1;
+                    }
                 }
-            }
-            Ok(purged)
-        })
-        .await?
+                Ok(purged)
+            })
+            .await
     }
 
     /// The log of the keys whose stored state changed here.
@@ -344,7 +358,7 @@ impl Replica {
         work: impl FnOnce(&Storage) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || work(&this.storage)).await?
+        this.offload.run(move || work(&this.storage)).await
     }
 
     /// The local storage, for cheap non-blocking questions (hint counts).
@@ -355,7 +369,7 @@ impl Replica {
     /// Syncs the write-ahead log (periodic durability).
     pub async fn sync_wal(self: &Arc<Self>) -> Result<(), Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.storage.sync_wal()).await?
+        this.offload.run(move || this.storage.sync_wal()).await
     }
 
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {

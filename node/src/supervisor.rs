@@ -106,7 +106,7 @@ impl Supervisor {
     }
 
     /// [`Supervisor::spawn`] for a task that is a method of a shared `owner`, such as
-    /// `RpcClient::ping_peers`.
+    /// `Handoff::deliver_forever`.
     pub fn spawn_method<T, Fut>(
         &mut self,
         name: &'static str,

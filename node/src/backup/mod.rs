@@ -20,7 +20,7 @@ use kvbackup::transfer::{self, RateLimit};
 use crate::error::Error;
 use crate::membership::Membership;
 use crate::replica::Replica;
-use crate::rpc::RpcClient;
+use crate::transport::Peers;
 
 /// Where backups go and how fast.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ pub struct Backups {
     settings: Settings,
     replica: Arc<Replica>,
     membership: Arc<Membership>,
-    rpc: Arc<RpcClient>,
+    rpc: Arc<dyn Peers>,
     busy: tokio::sync::Mutex<()>,
 }
 
@@ -48,7 +48,7 @@ impl Backups {
         settings: Settings,
         replica: Arc<Replica>,
         membership: Arc<Membership>,
-        rpc: Arc<RpcClient>,
+        rpc: Arc<dyn Peers>,
     ) -> Self {
         remove_leftovers(&settings.data_dir);
         Backups {

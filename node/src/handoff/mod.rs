@@ -29,9 +29,10 @@ use crate::error::Error;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
-use crate::rpc::{RequestBody, ResponseBody, RpcClient, remaining};
+use crate::rpc::{RequestBody, ResponseBody, remaining};
 use crate::storage::hints::{HeldHint, Hint, HintCaps, now_micros};
 use crate::supervisor::Stop;
+use crate::transport::Peers;
 
 /// Pause between delivery rounds when there is nothing to do or targets are unreachable.
 const DELIVERY_INTERVAL: Duration = Duration::from_millis(250);
@@ -57,7 +58,7 @@ pub struct Settings {
 pub struct Handoff {
     membership: Arc<Membership>,
     replica: Arc<Replica>,
-    rpc: Arc<RpcClient>,
+    rpc: Arc<dyn Peers>,
     metrics: Arc<Metrics>,
     settings: Settings,
     draining: AtomicBool,
@@ -73,7 +74,7 @@ impl Handoff {
     pub fn new(
         membership: Arc<Membership>,
         replica: Arc<Replica>,
-        rpc: Arc<RpcClient>,
+        rpc: Arc<dyn Peers>,
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Self> {

@@ -23,8 +23,9 @@ use crate::error::Error;
 use crate::membership::{Membership, View};
 use crate::metrics::Metrics;
 use crate::replica::Replica;
-use crate::rpc::{RequestBody, ResponseBody, RpcClient};
+use crate::rpc::{RequestBody, ResponseBody};
 use crate::supervisor::Stop;
+use crate::transport::Peers;
 
 /// Pause between transfer steps.
 const STEP_INTERVAL: Duration = Duration::from_millis(300);
@@ -58,7 +59,7 @@ impl Plan {
 pub struct Transfers {
     membership: Arc<Membership>,
     replica: Arc<Replica>,
-    rpc: Arc<RpcClient>,
+    rpc: Arc<dyn Peers>,
     antientropy: Arc<AntiEntropy>,
     metrics: Arc<Metrics>,
     plan: Mutex<Option<Plan>>,
@@ -71,7 +72,7 @@ impl Transfers {
     pub fn new(
         membership: Arc<Membership>,
         replica: Arc<Replica>,
-        rpc: Arc<RpcClient>,
+        rpc: Arc<dyn Peers>,
         antientropy: Arc<AntiEntropy>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {

@@ -16,7 +16,7 @@ mod batch;
 mod in_flight;
 mod kv;
 mod list;
-mod peer;
+pub mod peer;
 mod peer_checks;
 mod query;
 mod watch;
@@ -51,8 +51,9 @@ use crate::handoff::transfer::Transfers;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::replica::Replica;
-use crate::rpc::{self, RpcClient};
+use crate::rpc;
 use crate::tls::ServerTls;
+use crate::transport::Peers;
 
 /// A connection's byte stream, plain or TLS.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -74,7 +75,7 @@ pub struct Node {
     /// The cluster config and peers' liveness.
     pub membership: Arc<Membership>,
     /// Peer client, to catch up with a peer that announces a newer epoch.
-    pub rpc: Arc<RpcClient>,
+    pub rpc: Arc<dyn Peers>,
     /// Hints held and delivered for other nodes.
     pub handoff: Arc<Handoff>,
     /// Partitions received during membership changes.

@@ -16,6 +16,7 @@ use crate::replica::Mutation;
 use crate::rpc::items::Outcome;
 use crate::rpc::{self, RequestBody, ResponseBody, RpcRequest, RpcResponse};
 use crate::storage::listing::ListRange;
+use crate::transport;
 
 /// `POST /internal/v1/rpc`: one peer message in, one answer out.
 pub(super) async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) -> Response {
@@ -28,43 +29,51 @@ pub(super) async fn peer_rpc(State(node): State<Arc<Node>>, request: Request) ->
     let outcome = async {
         let bytes = read_value(&node, request, node.max_peer_message_bytes).await?;
         let message: RpcRequest = rpc::decode(&bytes)?;
-        let view = node.membership.view();
-        if view.config.epoch > 0 && message.cluster != view.config.cluster {
-            return Err(Error::BadConfig(format!(
-                "message from cluster {:?}, this node belongs to {:?}",
-                message.cluster, view.config.cluster
-            )));
-        }
-        // Checked before anything believes the message, its epoch included.
-        if let Err(refusal) = peer_checks::check(
-            node.membership.node_id(),
-            &view,
-            &message,
-            node.max_value_bytes,
-        ) {
-            return Ok(rpc::encode(&RpcResponse {
-                epoch: view.config.epoch,
-                body: refused(&node, &message, refusal),
-            }));
-        }
-        if view.config.any_member(&message.sender).is_some() {
-            // A message from a peer proves it is up: end its backoff now rather than at the next ping.
-            node.membership
-                .record_success(&message.sender, message.epoch);
-        }
-        if message.epoch > view.config.epoch {
-            node.rpc.catch_up(&message.sender);
-        }
-        let body = answer_peer(&node, message.body).await;
-        Ok(rpc::encode(&RpcResponse {
-            epoch: node.membership.view().config.epoch,
-            body,
-        }))
+        handle(&node, message)
+            .await
+            .map(|answer| rpc::encode(&answer))
     };
     match outcome.await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
         Err(e) => error_response(&e),
     }
+}
+
+/// One decoded peer message in, this node's answer out, after the checks that are not about
+/// HTTP; an `Err` is a message from another cluster (answered as an HTTP error).
+pub async fn handle(node: &Node, message: RpcRequest) -> Result<RpcResponse, Error> {
+    let view = node.membership.view();
+    if view.config.epoch > 0 && message.cluster != view.config.cluster {
+        return Err(Error::BadConfig(format!(
+            "message from cluster {:?}, this node belongs to {:?}",
+            message.cluster, view.config.cluster
+        )));
+    }
+    // Checked before anything believes the message, its epoch included.
+    if let Err(refusal) = peer_checks::check(
+        node.membership.node_id(),
+        &view,
+        &message,
+        node.max_value_bytes,
+    ) {
+        return Ok(RpcResponse {
+            epoch: view.config.epoch,
+            body: refused(node, &message, refusal),
+        });
+    }
+    if view.config.any_member(&message.sender).is_some() {
+        // A message from a peer proves it is up: end its backoff now rather than at the next ping.
+        node.membership
+            .record_success(&message.sender, message.epoch);
+    }
+    if message.epoch > view.config.epoch {
+        transport::catch_up(node.rpc.clone(), node.membership.clone(), &message.sender);
+    }
+    let body = answer_peer(node, message.body).await;
+    Ok(RpcResponse {
+        epoch: node.membership.view().config.epoch,
+        body,
+    })
 }
 
 /// The answer to one peer message; a failure travels back as [`ResponseBody::Failed`].

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,8 +20,8 @@ use super::{
 use crate::error::Error;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::supervisor::Stop;
 use crate::tls::{PeerTls, Reloading};
+use crate::transport::{self, BoxFuture, Peers};
 
 /// Sends RPCs to peers over pooled HTTP/2 connections, tracking their liveness and epochs.
 ///
@@ -40,6 +40,8 @@ pub struct RpcClient {
     generation: AtomicU64,
     membership: Arc<Membership>,
     metrics: Arc<Metrics>,
+    /// This client, for the catch-ups its answers start.
+    me: Weak<RpcClient>,
 }
 
 /// The shortest timeout after which a call with no answer condemns its connection pool.
@@ -77,15 +79,17 @@ impl RpcClient {
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
         // The TLS layer sees `https` URIs only.
         connector.enforce_http(false);
-        Ok(Arc::new(RpcClient {
+        let plain = crate::tls::plain_peer_client()?;
+        Ok(Arc::new_cyclic(|me| RpcClient {
             connector,
             max_message_bytes,
             tls,
-            plain: crate::tls::plain_peer_client()?,
+            plain,
             pools: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             membership,
             metrics,
+            me: me.clone(),
         }))
     }
 
@@ -154,27 +158,18 @@ impl RpcClient {
         }
     }
 
-    /// Sends `body` to member `peer` and waits at most `timeout` for the answer. Requests always try:
-    /// a peer that is down refuses the connection at once (or the connect timeout of 500 ms bounds the
-    /// attempt), and skipping a peer that has just come back would fail quorums it could meet.
-    pub async fn call(
-        self: &Arc<Self>,
+    /// Sends `request` to `peer` at `address` and waits at most `timeout` for the answer. Requests
+    /// always try: a peer that is down refuses the connection at once (or the connect timeout of
+    /// 500 ms bounds the attempt), and skipping a peer that has just come back would fail quorums
+    /// it could meet.
+    async fn exchange(
+        &self,
         peer: &str,
-        body: RequestBody,
+        address: String,
+        request: RpcRequest,
         timeout: Duration,
-    ) -> Result<ResponseBody, Error> {
-        let view = self.membership.view();
-        let address = view
-            .peer_address(peer)
-            .ok_or_else(|| Error::PeerFailed(format!("{peer} is not a member")))?
-            .to_string();
-        let rpc = body.kind();
-        let request = RpcRequest {
-            cluster: view.config.cluster.clone(),
-            epoch: view.config.epoch,
-            sender: self.membership.node_id().to_string(),
-            body,
-        };
+    ) -> Result<RpcResponse, Error> {
+        let rpc = request.body.kind();
         let pool = self.pool(&address);
         let started = Instant::now();
         let uri = format!("{}://{address}{RPC_PATH}", self.scheme());
@@ -187,69 +182,17 @@ impl RpcClient {
         };
         self.metrics
             .observe_peer_rpc(peer, rpc, started.elapsed().as_secs_f64(), error);
-        let response = match outcome {
+        match outcome {
             Ok(Ok(response)) => {
                 *pool.last_answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                response
+                Ok(response)
             }
-            Ok(Err(e)) => {
-                self.membership.record_failure(peer);
-                return Err(e);
-            }
+            Ok(Err(e)) => Err(e),
             Err(_) => {
                 self.discard_if_stalled(&address, &pool, started, timeout);
-                self.membership.record_failure(peer);
-                return Err(Error::PeerUnavailable(format!(
+                Err(Error::PeerUnavailable(format!(
                     "{peer} timed out after {timeout:?}"
-                )));
-            }
-        };
-        self.membership.record_success(peer, response.epoch);
-        if response.epoch > view.config.epoch {
-            self.catch_up(peer);
-        }
-        Ok(response.body)
-    }
-
-    /// Fetches the config of `peer`, which announced a newer epoch, in the background.
-    pub fn catch_up(self: &Arc<Self>, peer: &str) {
-        let this = self.clone();
-        let peer = peer.to_string();
-        tokio::spawn(async move {
-            match this
-                .call(&peer, RequestBody::FetchConfig, Duration::from_secs(2))
-                .await
-            {
-                Ok(ResponseBody::Config(config)) => {
-                    if let Err(e) = this.membership.install_on_blocking_pool(config).await {
-                        tracing::warn!(%peer, error = %e, "refused the config of a peer");
-                    }
-                }
-                Ok(other) => tracing::warn!(%peer, ?other, "unexpected answer to FetchConfig"),
-                Err(e) => tracing::debug!(%peer, error = %e, "cannot fetch config"),
-            }
-        });
-    }
-
-    /// Pings every other member until shutdown, keeping liveness and epochs fresh. A peer whose last exchange
-    /// failed is pinged again only after its backoff (100 ms doubling to 2 s); it is marked alive sooner
-    /// when it sends a message itself.
-    pub async fn ping_peers(self: Arc<Self>, mut stop: Stop) {
-        let mut ticks = tokio::time::interval(PING_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while stop.unless_stopped(ticks.tick()).await.is_some() {
-            let view = self.membership.view();
-            for member in view.all_members() {
-                if member.id == self.membership.node_id()
-                    || !self.membership.may_contact(&member.id)
-                {
-                    continue;
-                }
-                let this = self.clone();
-                let peer = member.id.clone();
-                tokio::spawn(async move {
-                    let _ = this.call(&peer, RequestBody::Ping, PING_INTERVAL).await;
-                });
+                )))
             }
         }
     }
@@ -284,6 +227,31 @@ impl RpcClient {
         }
         // An answer this node cannot read is the peer's failure, not the client's request's.
         decode(&bytes).map_err(|e| Error::PeerFailed(format!("{uri}: {e}")))
+    }
+}
+
+impl Peers for RpcClient {
+    fn call<'a>(
+        &'a self,
+        peer: &'a str,
+        body: RequestBody,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ResponseBody, Error>> {
+        Box::pin(async move {
+            let address = self
+                .membership
+                .view()
+                .peer_address(peer)
+                .ok_or_else(|| Error::PeerFailed(format!("{peer} is not a member")))?
+                .to_string();
+            let request = transport::envelope(&self.membership, body);
+            let sent_at = request.epoch;
+            let outcome = self.exchange(peer, address, request, timeout).await;
+            let me: Arc<dyn Peers> = self.me.upgrade().ok_or_else(|| {
+                Error::Unavailable("the peer client is shutting down".to_string())
+            })?;
+            transport::settle(&me, &self.membership, peer, sent_at, outcome)
+        })
     }
 }
 
