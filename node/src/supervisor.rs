@@ -39,11 +39,13 @@ impl Stop {
         *self.0.borrow()
     }
 
-    /// Runs `work` unless shutdown begins first; `None` when it did.
+    /// Runs `work` unless shutdown begins first; `None` when it did. Shutdown is polled first, not
+    /// in tokio's random order, so a simulated run replays exactly.
     pub async fn unless_stopped<F: Future>(&mut self, work: F) -> Option<F::Output> {
         tokio::select! {
-            output = work => Some(output),
+            biased;
             () = self.requested() => None,
+            output = work => Some(output),
         }
     }
 }
