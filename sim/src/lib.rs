@@ -53,9 +53,9 @@ impl Default for Settings {
             w: 2,
             r: 2,
             keys: 4,
-            operations: 40,
-            fault_every: Duration::from_millis(700),
-            settle: Duration::from_secs(40),
+            operations: 60,
+            fault_every: Duration::from_millis(400),
+            settle: Duration::from_secs(20),
         }
     }
 }
