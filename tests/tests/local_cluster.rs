@@ -213,6 +213,8 @@ fn kvctl_up_serves_a_three_node_cluster_that_bench_drives_and_sigterm_stops() {
             "200",
             "--max-ops",
             "20000",
+            "--watchers",
+            "2",
             "--json",
         ],
     );
@@ -228,6 +230,11 @@ fn kvctl_up_serves_a_three_node_cluster_that_bench_drives_and_sigterm_stops() {
     eprintln!("bench total: {total}");
     assert!(total["ops"].as_u64().unwrap() > 0, "{total}");
     assert_eq!(total["errors"].as_u64().unwrap(), 0, "{total}");
+    // The watchers followed the bench keys' change feed while the writes ran.
+    let watch = &report["watch"];
+    assert_eq!(watch["watchers"], 2, "{watch}");
+    assert!(watch["changes"].as_u64().unwrap() > 0, "{watch}");
+    assert_eq!(watch["errors"], serde_json::json!({}), "{watch}");
 
     // SIGTERM stops kvctl and every node it started.
     let pid = up.0.id().to_string();
