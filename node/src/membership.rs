@@ -165,7 +165,19 @@ impl Membership {
                 check_compatible(&p, &g)?;
                 g
             }
-            (Some(p), _) => p,
+            (Some(p), Some(g)) => {
+                if g.epoch == p.epoch && g != p {
+                    // An edited file at the same epoch would otherwise be ignored without a word.
+                    tracing::warn!(
+                        epoch = p.epoch,
+                        "the cluster config file differs from the config this node persisted at the \
+                         same epoch: following the persisted one; give the file a higher epoch to \
+                         change the cluster"
+                    );
+                }
+                p
+            }
+            (Some(p), None) => p,
             (None, Some(g)) => g,
             (None, None) => ClusterConfig {
                 cluster: "local".into(),

@@ -117,3 +117,25 @@ async fn default_max_siblings_is_64() {
         .await
         .assert_error(409, codes::TOO_MANY_SIBLINGS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_edited_without_a_new_epoch_is_named_in_the_log() {
+    let mut cluster = kvcluster_tests::Cluster::start(1, 1, 1, 1).await;
+    cluster.stop(0);
+    let path = cluster.config_path().to_path_buf();
+    let mut config: kvcluster_tests::kvapi::ClusterConfig =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config.sloppy_quorum = !config.sloppy_quorum;
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    cluster.restart(0);
+    let status = cluster.client(0).admin_status().await;
+    assert_ne!(
+        status.config.sloppy_quorum, config.sloppy_quorum,
+        "the persisted config is followed"
+    );
+    let log = cluster.node(0).log_tail(40);
+    assert!(
+        log.contains("differs from the config this node persisted at the same epoch"),
+        "{log}"
+    );
+}
