@@ -39,8 +39,20 @@ pub(crate) struct PutArgs {
     #[arg(value_name = "VALUE")]
     value: OsString,
 
-    /// Causal context from an earlier get or put of this key: the write supersedes the values it has seen.
-    /// Without it the write is concurrent with every stored value (they become siblings).
+    #[command(flatten)]
+    write: WriteArgs,
+
+    /// Time to live of the value (1s..=365days, such as 30s or 2h): from then on it reads as deleted.
+    /// `none` for no expiry; the node's --default-ttl when absent.
+    #[arg(long, value_name = "DURATION", value_parser = kvapi::ttl::parse)]
+    ttl: Option<kvapi::ttl::Expiry>,
+}
+
+/// What `kvctl put` and `kvctl delete` share: the context written back, W and the deadline.
+#[derive(Debug, Args)]
+pub(crate) struct WriteArgs {
+    /// Causal context from an earlier get or put of this key: the write or delete supersedes the
+    /// values it has seen. Without it, it is concurrent with every stored value (they become siblings).
     #[arg(long, env = "KVCTL_CONTEXT", value_name = "TOKEN")]
     context: Option<String>,
 
@@ -52,11 +64,6 @@ pub(crate) struct PutArgs {
     /// Deadline of this request in milliseconds; the node default when absent.
     #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
-
-    /// Time to live of the value (1s..=365days, such as 30s or 2h): from then on it reads as deleted.
-    /// `none` for no expiry; the node's --default-ttl when absent.
-    #[arg(long, value_name = "DURATION", value_parser = kvapi::ttl::parse)]
-    ttl: Option<kvapi::ttl::Expiry>,
 }
 
 /// Arguments of `kvctl delete`.
@@ -66,19 +73,8 @@ pub(crate) struct DeleteArgs {
     #[arg(value_name = "KEY")]
     key: OsString,
 
-    /// Causal context from an earlier get or put of this key: the delete supersedes the values it has seen.
-    /// Without it the tombstone is concurrent with every stored value.
-    #[arg(long, env = "KVCTL_CONTEXT", value_name = "TOKEN")]
-    context: Option<String>,
-
-    /// Write quorum for this request: how many replicas must acknowledge (1..=N); the cluster default when
-    /// absent.
-    #[arg(long, env = "KVCTL_W", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    w: Option<u32>,
-
-    /// Deadline of this request in milliseconds; the node default when absent.
-    #[arg(long, env = "KVCTL_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: Option<u64>,
+    #[command(flatten)]
+    write: WriteArgs,
 }
 
 /// Runs `kvctl get`: text prints one value raw on stdout (its context on stderr), siblings as
@@ -157,13 +153,13 @@ pub(crate) async fn put(client: &Client, args: PutArgs) -> ExitCode {
         os_bytes(args.value)
     };
     let opts = WriteOptions {
-        w: args.w,
-        timeout_ms: args.timeout_ms,
+        w: args.write.w,
+        timeout_ms: args.write.timeout_ms,
         ttl: args.ttl,
     };
     let key = os_bytes(args.key);
     let context = match client
-        .put(&key, value, args.context.as_deref(), &opts)
+        .put(&key, value, args.write.context.as_deref(), &opts)
         .await
     {
         Ok(context) => context,
@@ -185,12 +181,15 @@ pub(crate) async fn put(client: &Client, args: PutArgs) -> ExitCode {
 /// Runs `kvctl delete`: prints nothing (JSON: `{"key", "deleted": true}`).
 pub(crate) async fn delete(client: &Client, args: DeleteArgs) -> ExitCode {
     let opts = WriteOptions {
-        w: args.w,
-        timeout_ms: args.timeout_ms,
+        w: args.write.w,
+        timeout_ms: args.write.timeout_ms,
         ..WriteOptions::default()
     };
     let key = os_bytes(args.key);
-    if let Err(e) = client.delete(&key, args.context.as_deref(), &opts).await {
+    if let Err(e) = client
+        .delete(&key, args.write.context.as_deref(), &opts)
+        .await
+    {
         return fail(&e);
     }
     if !output::json() {

@@ -386,14 +386,11 @@ mod tests {
     use crate::causality::{Actor, VersionVector};
 
     fn open(dir: &Path) -> Storage {
-        Storage::open(
-            dir,
-            Durability::Fsync,
-            1 << 20,
-            1 << 20,
-            Arc::new(Metrics::new()),
-        )
-        .unwrap()
+        open_with(dir, Durability::Fsync)
+    }
+
+    fn open_with(dir: &Path, durability: Durability) -> Storage {
+        Storage::open(dir, durability, 1 << 20, 1 << 20, Arc::new(Metrics::new())).unwrap()
     }
 
     #[test]
@@ -452,25 +449,11 @@ mod tests {
         );
         drop(synced);
         let dir = tempfile::tempdir().unwrap();
-        let periodic = Storage::open(
-            dir.path(),
-            Durability::Periodic,
-            1 << 20,
-            1 << 20,
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
+        let periodic = open_with(dir.path(), Durability::Periodic);
         assert!(periodic.try_store_now(0, b"k", set.clone()).unwrap());
         assert_eq!(periodic.load(0, b"k").unwrap(), set);
         drop(periodic);
-        let reopened = Storage::open(
-            dir.path(),
-            Durability::Periodic,
-            1 << 20,
-            1 << 20,
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
+        let reopened = open_with(dir.path(), Durability::Periodic);
         assert_eq!(
             reopened.load(0, b"k").unwrap(),
             set,
